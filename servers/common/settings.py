@@ -1,0 +1,90 @@
+"""Settings of a mesh process, read once from environment variables (see the README's configuration table)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, "").strip() or default
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a mesh process is configured with. Defaults give the embedded single-process mesh."""
+
+    grpc_address: str = "127.0.0.1:50051"
+    edge_address: str = "127.0.0.1:8080"
+    envoy_admin_address: str = "127.0.0.1:9901"
+    data_dir: Path = field(default_factory=lambda: Path(".powerx"))
+    database_url: str = ""
+    redis_url: str = ""
+    log_level: str = "INFO"
+    log_format: str = "json"
+    default_lease_ttl_s: float = 30.0
+    lease_sweep_interval_s: float = 1.0
+    max_message_bytes: int = 4 * 1024 * 1024
+    edge_max_body_bytes: int = 4 * 1024 * 1024
+    shutdown_grace_s: float = 5.0
+    watch_poll_interval_s: float = 1.0
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Reads the settings from `POWERX_*` environment variables."""
+        return cls(
+            grpc_address=_env("POWERX_GRPC_ADDRESS", cls.grpc_address),
+            edge_address=_env("POWERX_EDGE_ADDRESS", cls.edge_address),
+            envoy_admin_address=_env("POWERX_ENVOY_ADMIN_ADDRESS", cls.envoy_admin_address),
+            data_dir=Path(_env("POWERX_DATA_DIR", ".powerx")),
+            database_url=_env("POWERX_DATABASE_URL", ""),
+            redis_url=_env("POWERX_REDIS_URL", ""),
+            log_level=_env("POWERX_LOG_LEVEL", cls.log_level).upper(),
+            log_format=_env("POWERX_LOG_FORMAT", cls.log_format).lower(),
+            default_lease_ttl_s=_env_float("POWERX_DEFAULT_LEASE_TTL_S", cls.default_lease_ttl_s),
+            lease_sweep_interval_s=_env_float("POWERX_LEASE_SWEEP_INTERVAL_S", cls.lease_sweep_interval_s),
+            max_message_bytes=_env_int("POWERX_MAX_MESSAGE_BYTES", cls.max_message_bytes),
+            edge_max_body_bytes=_env_int("POWERX_EDGE_MAX_BODY_BYTES", cls.edge_max_body_bytes),
+            shutdown_grace_s=_env_float("POWERX_SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
+            watch_poll_interval_s=_env_float("POWERX_WATCH_POLL_INTERVAL_S", cls.watch_poll_interval_s),
+        )
+
+    @property
+    def effective_database_url(self) -> str:
+        """The SQLAlchemy URL to use: POWERX_DATABASE_URL, or a SQLite file in the data folder."""
+        if self.database_url:
+            return normalize_database_url(self.database_url)
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'mesh.db').resolve()}"
+
+
+def normalize_database_url(url: str) -> str:
+    """Maps plain `postgresql://` and `sqlite://` URLs onto the async drivers the mesh uses."""
+    for plain, driver in (
+        ("postgresql://", "postgresql+psycopg://"),
+        ("postgres://", "postgresql+psycopg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    return url
