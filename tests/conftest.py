@@ -66,14 +66,13 @@ def redis_url() -> Iterator[str]:
 
 def mesh_settings(tmp_path: Path, database_url: str = "", redis_url: str = "", **kw: object) -> Settings:
     """Settings for a test mesh on an ephemeral port."""
+    values: dict[str, object] = {"watch_poll_interval_s": 0.2, "shutdown_grace_s": 0.5, **kw}
     return Settings(
         grpc_address="127.0.0.1:0",
         data_dir=tmp_path / "data",
         database_url=database_url,
         redis_url=redis_url,
-        watch_poll_interval_s=0.2,
-        shutdown_grace_s=0.5,
-        **kw,  # type: ignore[arg-type]
+        **values,  # type: ignore[arg-type]
     )
 
 
