@@ -1,0 +1,1 @@
+"""The mesh process and its services."""

@@ -51,12 +51,21 @@ async def _run(settings: Settings, with_edge: bool) -> int:
                 log_path=settings.data_dir / "envoy.log",
             )
             await asyncio.to_thread(edge.start)
-        print(f"PowerX mesh is up (database: {settings.effective_database_url.split('://')[0]}, "
-              f"bus: {'redis' if settings.redis_url else 'in-process'})", flush=True)
-        print(f"  gRPC         {mesh.address}   (reflection: grpcurl -plaintext {mesh.address} list)", flush=True)
+        print(
+            f"PowerX mesh is up (database: {settings.effective_database_url.split('://')[0]}, "
+            f"bus: {'redis' if settings.redis_url else 'in-process'})",
+            flush=True,
+        )
+        print(
+            f"  gRPC         {mesh.address}   (reflection: grpcurl -plaintext {mesh.address} list)",
+            flush=True,
+        )
         if edge is not None:
             print(f"  REST + gRPC  {edge.url}   (Envoy edge)", flush=True)
-            print(f"  Envoy admin  http://{settings.envoy_admin_address.rpartition(':')[0]}:{edge.admin_port}", flush=True)
+            print(
+                f"  Envoy admin  http://{settings.envoy_admin_address.rpartition(':')[0]}:{edge.admin_port}",
+                flush=True,
+            )
         print("Press Ctrl-C to stop.", flush=True)
         await stop.wait()
         print("stopping…", flush=True)

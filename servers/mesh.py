@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
 from powerx.agent.v1 import agent_service_pb2, agent_service_pb2_grpc
 from powerx.connector.v1 import connector_service_pb2, connector_service_pb2_grpc
 from powerx.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from powerx.router.v1 import router_service_pb2, router_service_pb2_grpc
+
 from servers.common.bus import EventBus, make_bus
 from servers.common.db import create_engine, migrate
 from servers.common.interceptor import ContextInterceptor
@@ -123,7 +123,9 @@ async def start_mesh(settings: Settings) -> Mesh:
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
     port = server.add_insecure_port(settings.grpc_address)
     if port == 0:
         raise OSError(f"cannot listen on {settings.grpc_address}")
@@ -131,11 +133,17 @@ async def start_mesh(settings: Settings) -> Mesh:
     # Every hosted contract reports SERVING: the unbuilt ones answer (UNIMPLEMENTED) as designed.
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    mesh = Mesh(settings=settings, server=server, port=port, health=health_servicer, bus=bus, registry=registry)
+    mesh = Mesh(
+        settings=settings, server=server, port=port, health=health_servicer, bus=bus, registry=registry
+    )
     mesh._engine = engine
     mesh._tasks.append(
-        asyncio.create_task(lease_sweeper(registry, settings.lease_sweep_interval_s, mesh._stop), name="lease-sweeper")
+        asyncio.create_task(
+            lease_sweeper(registry, settings.lease_sweep_interval_s, mesh._stop), name="lease-sweeper"
+        )
     )
-    log.info("mesh serving", extra={"grpc": mesh.address, "database": engine.dialect.name,
-                                     "bus": type(bus).__name__})
+    log.info(
+        "mesh serving",
+        extra={"grpc": mesh.address, "database": engine.dialect.name, "bus": type(bus).__name__},
+    )
     return mesh

@@ -10,16 +10,38 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from powerx.common.v1 import common_pb2
 from powerx.registry.v1 import capability_pb2, endpoint_pb2, provider_pb2
 from powerx.registry.v1 import registry_service_pb2 as rs
 from powerx.registry.v1 import registry_service_pb2_grpc as rs_grpc
+
 from servers.common.settings import Settings
 from servers.mesh import Mesh, start_mesh
 
 PG_URL = os.environ.get("POWERX_TEST_DATABASE_URL", "")
 REDIS_URL = os.environ.get("POWERX_TEST_REDIS_URL", "")
+# Set by .ci/run: a missing or unreachable PostgreSQL or Redis fails the run instead of skipping tests.
+REQUIRE_SERVICES = os.environ.get("POWERX_TEST_REQUIRE_SERVICES", "") == "1"
+
+
+def _skip_or_fail(reason: str) -> None:
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason} (POWERX_TEST_REQUIRE_SERVICES=1)")
+    pytest.skip(reason)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With POWERX_TEST_REQUIRE_SERVICES=1, checks both servers answer before any test runs."""
+    if not REQUIRE_SERVICES:
+        return
+    import psycopg
+    import redis
+
+    if not PG_URL or not REDIS_URL:
+        raise pytest.UsageError("POWERX_TEST_DATABASE_URL and POWERX_TEST_REDIS_URL must both be set")
+    with psycopg.connect(PG_URL.replace("postgresql+psycopg://", "postgresql://"), connect_timeout=5) as conn:
+        conn.execute("SELECT 1")
+    redis.from_url(REDIS_URL, socket_timeout=5).ping()
 
 
 def _pg_schema_url(schema: str) -> str:
@@ -50,18 +72,28 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield f"sqlite+aiosqlite:///{tmp_path / 'mesh.db'}"
         return
     if not PG_URL:
-        pytest.skip("POWERX_TEST_DATABASE_URL is not set")
+        _skip_or_fail("POWERX_TEST_DATABASE_URL is not set")
     schema = f"t_{uuid.uuid4().hex[:12]}"
     yield _pg_schema_url(schema)
     _drop_schema(schema)
 
 
 @pytest.fixture
-def redis_url() -> Iterator[str]:
+def pg_database_url() -> Iterator[str]:
+    """A fresh PostgreSQL schema (for tests that need a server shared by several processes)."""
+    if not PG_URL:
+        _skip_or_fail("POWERX_TEST_DATABASE_URL is not set")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield _pg_schema_url(schema)
+    _drop_schema(schema)
+
+
+@pytest.fixture
+def redis_url() -> str:
     """The test Redis, with this test's keys removed afterwards."""
     if not REDIS_URL:
-        pytest.skip("POWERX_TEST_REDIS_URL is not set")
-    yield REDIS_URL
+        _skip_or_fail("POWERX_TEST_REDIS_URL is not set")
+    return REDIS_URL
 
 
 def mesh_settings(tmp_path: Path, database_url: str = "", redis_url: str = "", **kw: object) -> Settings:

@@ -1,1 +1,1 @@
-"""Cross-cutting pieces shared by every mesh service: settings, call context, errors, logging, storage, bus."""
+"""Cross-cutting pieces shared by every service: settings, call context, errors, logs, storage, bus."""

@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger("powerx.bus")
 
@@ -48,10 +48,10 @@ class Subscription:
             self.dropped += 1
         self._queue.put_nowait(payload)
 
-    async def get(self, timeout: float | None = None) -> bytes | None:
-        """The next event, or None when `timeout` seconds pass without one."""
+    async def get(self, wait_s: float | None = None) -> bytes | None:
+        """The next event, or None when `wait_s` seconds pass without one."""
         try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
+            return await asyncio.wait_for(self._queue.get(), wait_s)
         except TimeoutError:
             return None
 
@@ -100,13 +100,16 @@ class InProcessBus:
 
 
 class RedisStreamsBus:
-    """Publishes with XADD to one Redis stream per topic; one reader task per topic and process reads
-    it with XREAD BLOCK and fans out locally, so every process sees every event in the same order."""
+    """Event bus on Redis Streams, shared by every mesh process.
+
+    Publishes with XADD to one stream per topic; one reader task per topic and process reads it with
+    XREAD BLOCK and fans out locally, so every process sees every event in the same order.
+    """
 
     def __init__(self, url: str, *, prefix: str = "powerx:bus:", maxlen: int = 10_000) -> None:
         import redis.asyncio as redis  # noqa: PLC0415  (only needed when Redis is configured)
 
-        self._redis = redis.from_url(url)
+        self._redis: Any = redis.from_url(url)
         self._prefix = prefix
         self._maxlen = maxlen
         self._local = InProcessBus()
@@ -154,7 +157,7 @@ class RedisStreamsBus:
             for _stream, entries in batches or ():
                 for entry_id, fields in entries:
                     last_id = entry_id
-                    self._local.deliver(topic, fields[b"p"])
+                    self._local.deliver(topic, bytes(fields[b"p"]))
 
     async def close(self) -> None:
         """Stops the readers and closes the connection pool."""

@@ -148,8 +148,8 @@ def code_of(exc: MeshError) -> int:
     """The google.rpc.Code of a domain error."""
     for cls in type(exc).__mro__:
         if cls in ERROR_CODES:
-            return ERROR_CODES[cls]  # type: ignore[index]
-    return code_pb2.UNKNOWN
+            return int(ERROR_CODES[cls])
+    return int(code_pb2.UNKNOWN)
 
 
 def _pack(message: object) -> any_pb2.Any:
@@ -186,6 +186,8 @@ def internal_status(domain: str, request_id: str) -> status_pb2.Status:
     """The status of an unexpected failure: a generic message, never a stack trace."""
     status = status_pb2.Status(code=code_pb2.INTERNAL, message=INTERNAL_MESSAGE)
     status.details.append(
-        _pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=domain, metadata={"request_id": request_id}))
+        _pack(
+            error_details_pb2.ErrorInfo(reason="INTERNAL", domain=domain, metadata={"request_id": request_id})
+        )
     )
     return status

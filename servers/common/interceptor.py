@@ -45,7 +45,12 @@ class _Call:
             status = to_status(exc, self.domain)
             log.info(
                 "rpc failed",
-                extra={"method": self.method, "code": status.code, "reason": exc.reason, "error": exc.message},
+                extra={
+                    "method": self.method,
+                    "code": status.code,
+                    "reason": exc.reason,
+                    "error": exc.message,
+                },
             )
             await self.grpc_context.abort_with_status(rpc_status.to_status(status))
         log.exception("rpc crashed", extra={"method": self.method}, exc_info=exc)
@@ -55,7 +60,9 @@ class _Call:
 
     def done(self) -> None:
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("rpc done", extra={"method": self.method, "ms": (time.perf_counter() - self.started) * 1e3})
+            log.debug(
+                "rpc done", extra={"method": self.method, "ms": (time.perf_counter() - self.started) * 1e3}
+            )
 
 
 def _passthrough(exc: BaseException) -> bool:
@@ -102,8 +109,11 @@ def _wrap_stream(method: str, inner: Callable[..., AsyncIterator[Any]]) -> Calla
 
 
 class ContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Wraps every `powerx.*` RPC: binds a `CallContext`, maps `MeshError`s through the error table, and
-    turns anything unexpected into INTERNAL with a generic message (logged with the request id)."""
+    """Wraps every `powerx.*` RPC with the call context and the error table.
+
+    Binds a `CallContext`, maps `MeshError`s through the error table, and turns anything unexpected into
+    INTERNAL with a generic message (logged with the request id).
+    """
 
     async def intercept_service(
         self,

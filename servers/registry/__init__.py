@@ -1,0 +1,1 @@
+"""Registry service: providers, capabilities, endpoints, leases and the watch stream."""

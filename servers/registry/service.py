@@ -6,6 +6,7 @@ Transport-free: takes protobuf messages and a CallContext, raises domain errors 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -14,21 +15,30 @@ from dataclasses import dataclass
 
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import code_pb2, status_pb2
-
 from powerx.common.v1 import common_pb2
 from powerx.registry.v1 import (
     capability_pb2,
     endpoint_pb2,
     event_pb2,
     provider_pb2,
+)
+from powerx.registry.v1 import (
     registry_service_pb2 as rs,
 )
+
 from servers.common.bus import EventBus
 from servers.common.context import CallContext, valid_tenant
 from servers.common.errors import FailedPrecondition, InvalidArgument, NotFound, TenantRequired, Unimplemented
 from servers.common.validate import Violations, next_page_token, page_request, semver_key
 from servers.registry import validation
-from servers.registry.store import CapabilityRow, EndpointRow, EventRow, ProviderRow, RegistryStore, RegistryTx
+from servers.registry.store import (
+    CapabilityRow,
+    EndpointRow,
+    EventRow,
+    ProviderRow,
+    RegistryStore,
+    RegistryTx,
+)
 
 log = logging.getLogger("powerx.registry")
 
@@ -96,8 +106,17 @@ def require_tenant(ctx: CallContext) -> str:
 def _provider_spec(p: provider_pb2.Provider) -> bytes:
     spec = provider_pb2.Provider()
     spec.CopyFrom(p)
-    for name in ("tenant_id", "signature", "state", "lease_ttl", "lease_expire_time", "manifest_digest",
-                 "create_time", "update_time", "revision"):
+    for name in (
+        "tenant_id",
+        "signature",
+        "state",
+        "lease_ttl",
+        "lease_expire_time",
+        "manifest_digest",
+        "create_time",
+        "update_time",
+        "revision",
+    ):
         spec.ClearField(name)
     return spec.SerializeToString(deterministic=True)
 
@@ -119,12 +138,22 @@ def provider_message(row: ProviderRow) -> provider_pb2.Provider:
 def _capability_spec(c: capability_pb2.Capability) -> bytes:
     spec = capability_pb2.Capability()
     spec.CopyFrom(c)
-    for name in ("provider_id", "tenant_id", "endpoints", "create_time", "update_time", "revision", "tenant_scopes"):
+    for name in (
+        "provider_id",
+        "tenant_id",
+        "endpoints",
+        "create_time",
+        "update_time",
+        "revision",
+        "tenant_scopes",
+    ):
         spec.ClearField(name)
     return spec.SerializeToString(deterministic=True)
 
 
-def capability_message(row: CapabilityRow, endpoints: Iterable[EndpointRow] = ()) -> capability_pb2.Capability:
+def capability_message(
+    row: CapabilityRow, endpoints: Iterable[EndpointRow] = ()
+) -> capability_pb2.Capability:
     """The API view of a stored capability."""
     c = capability_pb2.Capability.FromString(row.spec)
     c.provider_id = row.provider_id
@@ -253,7 +282,9 @@ class RegistryService:
 
     # ---- writes --------------------------------------------------------------------------------------
 
-    async def announce_provider(self, req: rs.AnnounceProviderRequest, ctx: CallContext) -> rs.AnnounceProviderResponse:
+    async def announce_provider(
+        self, req: rs.AnnounceProviderRequest, ctx: CallContext
+    ) -> rs.AnnounceProviderResponse:
         """Upserts a provider's whole desired state; the same announce twice changes nothing."""
         tenant = require_tenant(ctx)
         validation.check_announce(req)
@@ -284,10 +315,13 @@ class RegistryService:
             old = await tx.provider(tenant, pid)
             old_caps = {(c.capability_id, c.version): c for c in await tx.capabilities_of(tenant, pid)}
             old_eps = {e.endpoint_id: e for e in await tx.endpoints_of(tenant, pid)}
-            provider_changed = old is None or old.state != ACTIVE or _provider_spec(
-                provider_pb2.Provider.FromString(old.spec)
-            ) != provider_spec
+            provider_changed = (
+                old is None
+                or old.state != ACTIVE
+                or _provider_spec(provider_pb2.Provider.FromString(old.spec)) != provider_spec
+            )
             revision_before = tx.revision
+            shared_grantees = sorted({g for _, grantees, _ in cap_specs.values() for g in grantees})
             row = ProviderRow(
                 tenant_id=tenant,
                 provider_id=pid,
@@ -304,11 +338,11 @@ class RegistryService:
                 row.revision = await sink.emit(
                     ET.REGISTRY_EVENT_TYPE_PROVIDER_ANNOUNCED,
                     capability_ids=all_cap_ids,
-                    grantees=[g for _, g, _ in cap_specs.values() for g in g],
+                    grantees=shared_grantees,
                     provider=provider_message(row),
                 )
             # Capabilities: upsert new or changed ones, remove the ones no longer announced.
-            for key, (spec, grantees, _msg) in sorted(cap_specs.items()):
+            for key, (spec, grantees, _cap) in sorted(cap_specs.items()):
                 prev = old_caps.pop(key, None)
                 if prev is not None and prev.spec == spec and prev.grantees == grantees:
                     continue
@@ -341,8 +375,7 @@ class RegistryService:
                     capability=capability_message(gone),
                 )
             # Endpoints: the announce replaces the provider's endpoints.
-            shared_grantees = sorted({g for _, g, _ in cap_specs.values() for g in g})
-            for eid, (spec, served, _msg) in sorted(ep_specs.items()):
+            for eid, (spec, served, ep_msg) in sorted(ep_specs.items()):
                 prev_ep = old_eps.pop(eid, None)
                 if prev_ep is not None and prev_ep.spec == spec and prev_ep.capability_ids == served:
                     if prev_ep.health in CLEARED_BY_ANNOUNCE:
@@ -360,7 +393,7 @@ class RegistryService:
                     endpoint_id=eid,
                     tenant_id=tenant,
                     provider_id=pid,
-                    transport=_msg.transport,
+                    transport=ep_msg.transport,
                     health=HEALTHY,
                     health_reason="",
                     health_changed_ms=now,
@@ -399,7 +432,9 @@ class RegistryService:
         return rs.AnnounceProviderResponse(
             provider=provider_message(row),
             capabilities=self._capabilities_with_endpoints(caps, eps, row.lease_expires_ms),
-            endpoints=[endpoint_message(e, row.lease_expires_ms) for e in sorted(eps, key=lambda e: e.endpoint_id)],
+            endpoints=[
+                endpoint_message(e, row.lease_expires_ms) for e in sorted(eps, key=lambda e: e.endpoint_id)
+            ],
             changed=changed,
             revision=final_revision,
         )
@@ -421,11 +456,15 @@ class RegistryService:
         for c in sorted(caps, key=lambda c: (c.capability_id, c.version_key)):
             serving = [e for e in eps if c.capability_id in e.capability_ids]
             msg = capability_message(c)
-            msg.endpoints.extend(endpoint_message(e, lease_expires_ms) for e in sorted(serving, key=lambda e: e.endpoint_id))
+            msg.endpoints.extend(
+                endpoint_message(e, lease_expires_ms) for e in sorted(serving, key=lambda e: e.endpoint_id)
+            )
             out.append(msg)
         return out
 
-    async def withdraw_provider(self, req: rs.WithdrawProviderRequest, ctx: CallContext) -> rs.WithdrawProviderResponse:
+    async def withdraw_provider(
+        self, req: rs.WithdrawProviderRequest, ctx: CallContext
+    ) -> rs.WithdrawProviderResponse:
         """Withdraws a provider: its capabilities and endpoints leave the catalog."""
         tenant = require_tenant(ctx)
         v = Violations()
@@ -436,26 +475,44 @@ class RegistryService:
         async with self.store.write() as tx:
             row = await tx.provider(tenant, req.provider_id)
             if row is None:
-                raise NotFound(f"provider {req.provider_id} not found", reason="PROVIDER_NOT_FOUND",
-                               metadata={"provider_id": req.provider_id})
+                raise NotFound(
+                    f"provider {req.provider_id} not found",
+                    reason="PROVIDER_NOT_FOUND",
+                    metadata={"provider_id": req.provider_id},
+                )
             if row.state != WITHDRAWN:
                 sink = _EventSink(tx, ctx, tenant, req.provider_id, now)
                 caps = await tx.capabilities_of(tenant, req.provider_id)
                 grantees = sorted({g for c in caps for g in c.grantees})
                 for ep in await tx.endpoints_of(tenant, req.provider_id):
                     await tx.delete_endpoint(ep.endpoint_id)
-                    await sink.emit(ET.REGISTRY_EVENT_TYPE_ENDPOINT_REMOVED, capability_ids=ep.capability_ids,
-                                    grantees=grantees, endpoint=endpoint_message(ep), reason="provider withdrew")
+                    await sink.emit(
+                        ET.REGISTRY_EVENT_TYPE_ENDPOINT_REMOVED,
+                        capability_ids=ep.capability_ids,
+                        grantees=grantees,
+                        endpoint=endpoint_message(ep),
+                        reason="provider withdrew",
+                    )
                 for cap in caps:
                     await tx.delete_capability(tenant, req.provider_id, cap.capability_id, cap.version)
-                    await sink.emit(ET.REGISTRY_EVENT_TYPE_CAPABILITY_REMOVED, capability_ids=[cap.capability_id],
-                                    grantees=cap.grantees, capability=capability_message(cap), reason="provider withdrew")
+                    await sink.emit(
+                        ET.REGISTRY_EVENT_TYPE_CAPABILITY_REMOVED,
+                        capability_ids=[cap.capability_id],
+                        grantees=cap.grantees,
+                        capability=capability_message(cap),
+                        reason="provider withdrew",
+                    )
                 row.state = WITHDRAWN
                 row.updated_ms = now
                 row.revision = tx.revision + 1
                 row.manifest_digest = ""
-                await sink.emit(ET.REGISTRY_EVENT_TYPE_PROVIDER_WITHDRAWN, capability_ids=[c.capability_id for c in caps],
-                                grantees=grantees, provider=provider_message(row), reason=req.reason)
+                await sink.emit(
+                    ET.REGISTRY_EVENT_TYPE_PROVIDER_WITHDRAWN,
+                    capability_ids=[c.capability_id for c in caps],
+                    grantees=grantees,
+                    provider=provider_message(row),
+                    reason=req.reason,
+                )
                 await tx.put_provider(row)
             revision = tx.revision
             changed = tx.changed
@@ -476,12 +533,16 @@ class RegistryService:
         async with self.store.write() as tx:
             row = await tx.provider(tenant, req.provider_id)
             if row is None:
-                raise NotFound(f"provider {req.provider_id} not found", reason="PROVIDER_NOT_FOUND",
-                               metadata={"provider_id": req.provider_id})
+                raise NotFound(
+                    f"provider {req.provider_id} not found",
+                    reason="PROVIDER_NOT_FOUND",
+                    metadata={"provider_id": req.provider_id},
+                )
             if row.state == WITHDRAWN:
                 raise FailedPrecondition(
                     f"provider {req.provider_id} withdrew; announce it again instead of renewing",
-                    reason="PROVIDER_WITHDRAWN", metadata={"provider_id": req.provider_id},
+                    reason="PROVIDER_WITHDRAWN",
+                    metadata={"provider_id": req.provider_id},
                 )
             ttl_ms = int(req.lease_ttl.ToTimedelta().total_seconds() * 1000) or row.lease_ttl_ms
             row.lease_ttl_ms = ttl_ms
@@ -493,16 +554,24 @@ class RegistryService:
                 for ep in await tx.endpoints_of(tenant, req.provider_id):
                     if ep.health == STALE:
                         revision = await sink.emit(
-                            ET.REGISTRY_EVENT_TYPE_ENDPOINT_HEALTH_CHANGED, capability_ids=ep.capability_ids,
-                            grantees=grantees, previous_health=STALE, reason="lease renewed",
+                            ET.REGISTRY_EVENT_TYPE_ENDPOINT_HEALTH_CHANGED,
+                            capability_ids=ep.capability_ids,
+                            grantees=grantees,
+                            previous_health=STALE,
+                            reason="lease renewed",
                             endpoint=self._healthy_copy(ep, now, tx.revision + 1),
                         )
                         await tx.set_health(ep.endpoint_id, HEALTHY, "", now, revision)
                 row.state = ACTIVE
                 row.updated_ms = now
                 row.revision = tx.revision + 1
-                await sink.emit(ET.REGISTRY_EVENT_TYPE_PROVIDER_ANNOUNCED, capability_ids=[c.capability_id for c in caps],
-                                grantees=grantees, provider=provider_message(row), reason="lease renewed")
+                await sink.emit(
+                    ET.REGISTRY_EVENT_TYPE_PROVIDER_ANNOUNCED,
+                    capability_ids=[c.capability_id for c in caps],
+                    grantees=grantees,
+                    provider=provider_message(row),
+                    reason="lease renewed",
+                )
             await tx.put_provider(row)
             revision = tx.revision
             changed = tx.changed
@@ -510,7 +579,9 @@ class RegistryService:
             await self._published(revision)
         return rs.RenewProviderLeaseResponse(provider=provider_message(row), revision=revision)
 
-    async def expire_leases(self, ctx: CallContext, *, tenant_id: str = "", provider_id: str = "") -> tuple[int, int, int]:
+    async def expire_leases(
+        self, ctx: CallContext, *, tenant_id: str = "", provider_id: str = ""
+    ) -> tuple[int, int, int]:
         """Marks providers whose lease ran out as expired and their endpoints stale.
 
         Returns:
@@ -530,16 +601,26 @@ class RegistryService:
                     msg.health = STALE
                     msg.health_reason = "lease expired"
                     msg.revision = tx.revision + 1
-                    revision = await sink.emit(ET.REGISTRY_EVENT_TYPE_ENDPOINT_HEALTH_CHANGED,
-                                               capability_ids=ep.capability_ids, grantees=grantees,
-                                               previous_health=ep.health, reason="lease expired", endpoint=msg)
+                    revision = await sink.emit(
+                        ET.REGISTRY_EVENT_TYPE_ENDPOINT_HEALTH_CHANGED,
+                        capability_ids=ep.capability_ids,
+                        grantees=grantees,
+                        previous_health=ep.health,
+                        reason="lease expired",
+                        endpoint=msg,
+                    )
                     await tx.set_health(ep.endpoint_id, STALE, "lease expired", now, revision)
                     endpoints += 1
                 row.state = EXPIRED
                 row.updated_ms = now
                 row.revision = tx.revision + 1
-                await sink.emit(ET.REGISTRY_EVENT_TYPE_PROVIDER_EXPIRED, capability_ids=[c.capability_id for c in caps],
-                                grantees=grantees, provider=provider_message(row), reason="lease expired")
+                await sink.emit(
+                    ET.REGISTRY_EVENT_TYPE_PROVIDER_EXPIRED,
+                    capability_ids=[c.capability_id for c in caps],
+                    grantees=grantees,
+                    provider=provider_message(row),
+                    reason="lease expired",
+                )
                 await tx.put_provider(row)
                 providers += 1
             revision = tx.revision
@@ -548,22 +629,31 @@ class RegistryService:
             await self._published(revision)
         return revision, providers, endpoints
 
-    async def refresh_registry(self, req: rs.RefreshRegistryRequest, ctx: CallContext) -> rs.RefreshRegistryResponse:
+    async def refresh_registry(
+        self, req: rs.RefreshRegistryRequest, ctx: CallContext
+    ) -> rs.RefreshRegistryResponse:
         """Expires lapsed leases of the caller's tenant now and wakes every route cache."""
         tenant = require_tenant(ctx)
         v = Violations()
         v.text(req.provider_id, "provider_id", max_len=255)
         v.raise_if_any("invalid refresh")
         if req.provider_id and await self.store.provider(tenant, req.provider_id) is None:
-            raise NotFound(f"provider {req.provider_id} not found", reason="PROVIDER_NOT_FOUND",
-                           metadata={"provider_id": req.provider_id})
-        revision, providers, endpoints = await self.expire_leases(ctx, tenant_id=tenant, provider_id=req.provider_id)
+            raise NotFound(
+                f"provider {req.provider_id} not found",
+                reason="PROVIDER_NOT_FOUND",
+                metadata={"provider_id": req.provider_id},
+            )
+        revision, providers, endpoints = await self.expire_leases(
+            ctx, tenant_id=tenant, provider_id=req.provider_id
+        )
         await self._published(revision)
         return rs.RefreshRegistryResponse(
             revision=revision, expired_provider_count=providers, stale_endpoint_count=endpoints
         )
 
-    async def delete_endpoint(self, req: rs.DeleteEndpointRequest, ctx: CallContext) -> rs.DeleteEndpointResponse:
+    async def delete_endpoint(
+        self, req: rs.DeleteEndpointRequest, ctx: CallContext
+    ) -> rs.DeleteEndpointResponse:
         """Forces an endpoint offline (it stays visible, and is never routed until re-announced)."""
         tenant = require_tenant(ctx)
         v = Violations()
@@ -574,8 +664,11 @@ class RegistryService:
         async with self.store.write() as tx:
             ep = await tx.endpoint(req.endpoint_id)
             if ep is None or ep.tenant_id != tenant:
-                raise NotFound(f"endpoint {req.endpoint_id} not found", reason="ENDPOINT_NOT_FOUND",
-                               metadata={"endpoint_id": req.endpoint_id})
+                raise NotFound(
+                    f"endpoint {req.endpoint_id} not found",
+                    reason="ENDPOINT_NOT_FOUND",
+                    metadata={"endpoint_id": req.endpoint_id},
+                )
             reason = req.reason or "forced offline by an operator"
             if ep.health != OFFLINE:
                 caps = await tx.capabilities_of(tenant, ep.provider_id)
@@ -585,9 +678,14 @@ class RegistryService:
                 msg.health_reason = reason
                 msg.health_change_time.CopyFrom(_ts(now))
                 msg.revision = tx.revision + 1
-                revision = await sink.emit(ET.REGISTRY_EVENT_TYPE_ENDPOINT_HEALTH_CHANGED, capability_ids=ep.capability_ids,
-                                           grantees=sorted({g for c in caps for g in c.grantees}),
-                                           previous_health=ep.health, reason=reason, endpoint=msg)
+                revision = await sink.emit(
+                    ET.REGISTRY_EVENT_TYPE_ENDPOINT_HEALTH_CHANGED,
+                    capability_ids=ep.capability_ids,
+                    grantees=sorted({g for c in caps for g in c.grantees}),
+                    previous_health=ep.health,
+                    reason=reason,
+                    endpoint=msg,
+                )
                 await tx.set_health(ep.endpoint_id, OFFLINE, reason, now, revision)
             updated = await tx.endpoint(req.endpoint_id)
             revision = tx.revision
@@ -597,11 +695,14 @@ class RegistryService:
         assert updated is not None
         return rs.DeleteEndpointResponse(endpoint=endpoint_message(updated), revision=revision)
 
-    async def import_mcp_server(self, req: rs.ImportMcpServerRequest, ctx: CallContext) -> rs.ImportMcpServerResponse:
+    async def import_mcp_server(
+        self, req: rs.ImportMcpServerRequest, ctx: CallContext
+    ) -> rs.ImportMcpServerResponse:
         """Imports an MCP server's tools as capabilities (arrives with the router work)."""
         require_tenant(ctx)
         raise Unimplemented(
-            "ImportMcpServer is part of the contract but not served yet: it arrives with the router's MCP transport",
+            "ImportMcpServer is part of the contract but not served yet: "
+            "it arrives with the router's MCP transport",
             metadata={"method": "powerx.registry.v1.RegistryService/ImportMcpServer"},
         )
 
@@ -615,16 +716,23 @@ class RegistryService:
         v.raise_if_any("invalid request")
         found = await self.store.provider_detail(tenant, req.provider_id)
         if found is None:
-            raise NotFound(f"provider {req.provider_id} not found", reason="PROVIDER_NOT_FOUND",
-                           metadata={"provider_id": req.provider_id})
+            raise NotFound(
+                f"provider {req.provider_id} not found",
+                reason="PROVIDER_NOT_FOUND",
+                metadata={"provider_id": req.provider_id},
+            )
         row, caps, eps = found
         return rs.GetProviderResponse(
             provider=provider_message(row),
             capabilities=self._capabilities_with_endpoints(caps, eps, row.lease_expires_ms),
-            endpoints=[endpoint_message(e, row.lease_expires_ms) for e in sorted(eps, key=lambda e: e.endpoint_id)],
+            endpoints=[
+                endpoint_message(e, row.lease_expires_ms) for e in sorted(eps, key=lambda e: e.endpoint_id)
+            ],
         )
 
-    async def list_providers(self, req: rs.ListProvidersRequest, ctx: CallContext) -> rs.ListProvidersResponse:
+    async def list_providers(
+        self, req: rs.ListProvidersRequest, ctx: CallContext
+    ) -> rs.ListProvidersResponse:
         """A page of the caller's providers."""
         tenant = require_tenant(ctx)
         if req.state not in provider_pb2.ProviderState.values():
@@ -639,13 +747,23 @@ class RegistryService:
 
     async def _with_endpoints(self, rows: list[CapabilityRow]) -> list[capability_pb2.Capability]:
         serving = await self.store.endpoints_serving(rows)
-        return [capability_message(r, serving.get((r.tenant_id, r.provider_id, r.capability_id), [])) for r in rows]
+        return [
+            capability_message(r, serving.get((r.tenant_id, r.provider_id, r.capability_id), []))
+            for r in rows
+        ]
 
-    async def get_capability(self, req: rs.GetCapabilityRequest, ctx: CallContext) -> rs.GetCapabilityResponse:
+    async def get_capability(
+        self, req: rs.GetCapabilityRequest, ctx: CallContext
+    ) -> rs.GetCapabilityResponse:
         """Every offering of one capability id visible to the caller, highest version first."""
         tenant = require_tenant(ctx)
         v = Violations()
-        v.pattern(req.capability_id, "capability_id", validation.CAPABILITY_ID, "a capability id such as crm.lead.create")
+        v.pattern(
+            req.capability_id,
+            "capability_id",
+            validation.CAPABILITY_ID,
+            "a capability id such as crm.lead.create",
+        )
         v.text(req.version, "version", max_len=64)
         v.text(req.provider_id, "provider_id", max_len=255)
         v.raise_if_any("invalid request")
@@ -654,12 +772,17 @@ class RegistryService:
             tenant, page, capability_id=req.capability_id, version=req.version, provider_id=req.provider_id
         )
         if not rows:
-            raise NotFound(f"capability {req.capability_id} not found", reason="CAPABILITY_NOT_FOUND",
-                           metadata={"capability_id": req.capability_id})
+            raise NotFound(
+                f"capability {req.capability_id} not found",
+                reason="CAPABILITY_NOT_FOUND",
+                metadata={"capability_id": req.capability_id},
+            )
         rows.sort(key=lambda r: (r.version_key, r.provider_id), reverse=True)
         return rs.GetCapabilityResponse(capabilities=await self._with_endpoints(rows[: page.size]))
 
-    async def list_capabilities(self, req: rs.ListCapabilitiesRequest, ctx: CallContext) -> rs.ListCapabilitiesResponse:
+    async def list_capabilities(
+        self, req: rs.ListCapabilitiesRequest, ctx: CallContext
+    ) -> rs.ListCapabilitiesResponse:
         """A page of capabilities visible to the caller."""
         tenant = require_tenant(ctx)
         v = Violations()
@@ -672,10 +795,16 @@ class RegistryService:
         page = page_request(req.page_size, req.page_token, filters)
         revision = await self.store.revision()
         rows = await self.store.list_capabilities(
-            tenant, page, provider_id=req.provider_id, prefix=req.capability_id_prefix,
-            transport=req.transport, health=req.health,
+            tenant,
+            page,
+            provider_id=req.provider_id,
+            prefix=req.capability_id_prefix,
+            transport=req.transport,
+            health=req.health,
         )
-        resp = rs.ListCapabilitiesResponse(capabilities=await self._with_endpoints(rows[: page.size]), revision=revision)
+        resp = rs.ListCapabilitiesResponse(
+            capabilities=await self._with_endpoints(rows[: page.size]), revision=revision
+        )
         if len(rows) > page.size:
             last = rows[page.size - 1]
             resp.next_page_token = next_page_token(
@@ -698,8 +827,12 @@ class RegistryService:
         page = page_request(req.page_size, req.page_token, filters)
         revision = await self.store.revision()
         rows = await self.store.list_endpoints(
-            tenant, page, provider_id=req.provider_id, capability_id=req.capability_id,
-            transport=req.transport, health=req.health,
+            tenant,
+            page,
+            provider_id=req.provider_id,
+            capability_id=req.capability_id,
+            transport=req.transport,
+            health=req.health,
         )
         leases: dict[str, int] = {}
         for r in rows[: page.size]:
@@ -707,7 +840,8 @@ class RegistryService:
                 prov = await self.store.provider(tenant, r.provider_id)
                 leases[r.provider_id] = prov.lease_expires_ms if prov else 0
         resp = rs.ListRuntimeEndpointsResponse(
-            endpoints=[endpoint_message(r, leases[r.provider_id]) for r in rows[: page.size]], revision=revision
+            endpoints=[endpoint_message(r, leases[r.provider_id]) for r in rows[: page.size]],
+            revision=revision,
         )
         if len(rows) > page.size:
             resp.next_page_token = next_page_token([rows[page.size - 1].endpoint_id], filters)
@@ -732,14 +866,19 @@ class RegistryService:
         v.check(len(req.capability_ids) <= 256, "capability_ids", "has more than 256 entries")
         v.check(len(req.provider_ids) <= 256, "provider_ids", "has more than 256 entries")
         for i, t in enumerate(req.event_types):
-            v.check(t in event_pb2.RegistryEventType.values() and t != 0, f"event_types[{i}]", "is not a known RegistryEventType")
+            v.check(
+                t in event_pb2.RegistryEventType.values() and t != 0,
+                f"event_types[{i}]",
+                "is not a known RegistryEventType",
+            )
         v.raise_if_any("invalid watch")
         head = await self.store.revision()
         if req.since_revision > head:
             raise InvalidArgument(
                 f"since_revision {req.since_revision} is ahead of the registry (at {head})",
                 [("since_revision", f"must be at most the current revision {head}")],
-                reason="REVISION_AHEAD", metadata={"revision": str(head)},
+                reason="REVISION_AHEAD",
+                metadata={"revision": str(head)},
             )
         caps, provs, types = set(req.capability_ids), set(req.provider_ids), set(req.event_types)
 
@@ -768,7 +907,7 @@ class RegistryService:
                             yield self._end("LIMIT_REACHED", row.revision)
                             return
                 cursor = max(cursor, scanned)
-                if rows and len(rows) >= 500 or scanned > cursor:
+                if (rows and len(rows) >= 500) or scanned > cursor:
                     continue
                 if not caught_up:
                     caught_up = True
@@ -780,11 +919,13 @@ class RegistryService:
                         yield self._end("IDLE_TIMEOUT", cursor)
                         return
                     wait = min(wait, remaining)
-                await wakeups.get(timeout=wait)
+                await wakeups.get(wait)
 
     @staticmethod
     def _end(reason: str, revision: int) -> rs.WatchRegistryResponse:
-        end = common_pb2.StreamEnd(reason=reason, status=status_pb2.Status(code=code_pb2.OK), last_sequence=revision)
+        end = common_pb2.StreamEnd(
+            reason=reason, status=status_pb2.Status(code=code_pb2.OK), last_sequence=revision
+        )
         end.end_time.GetCurrentTime()
         return rs.WatchRegistryResponse(end=end)
 
@@ -797,7 +938,5 @@ async def lease_sweeper(service: RegistryService, interval_s: float, stop: async
             await service.expire_leases(ctx)
         except Exception:
             log.exception("lease sweep failed")
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
-        except TimeoutError:
-            pass

@@ -23,7 +23,9 @@ md = sa.MetaData()
 TENANT = sa.String(63)
 ID = sa.String(255)
 
-state_t = sa.Table("registry_state", md, sa.Column("id", sa.Integer, primary_key=True), sa.Column("revision", sa.BigInteger))
+state_t = sa.Table(
+    "registry_state", md, sa.Column("id", sa.Integer, primary_key=True), sa.Column("revision", sa.BigInteger)
+)
 providers_t = sa.Table(
     "registry_providers",
     md,
@@ -196,7 +198,9 @@ class RegistryTx:
         """The provider row, if any."""
         row = (
             await self.conn.execute(
-                sa.select(providers_t).where(providers_t.c.tenant_id == tenant_id, providers_t.c.provider_id == provider_id)
+                sa.select(providers_t).where(
+                    providers_t.c.tenant_id == tenant_id, providers_t.c.provider_id == provider_id
+                )
             )
         ).first()
         return ProviderRow(**row._mapping) if row else None
@@ -221,7 +225,9 @@ class RegistryTx:
         ).all()
         grants = (
             await self.conn.execute(
-                sa.select(grants_t).where(grants_t.c.tenant_id == tenant_id, grants_t.c.provider_id == provider_id)
+                sa.select(grants_t).where(
+                    grants_t.c.tenant_id == tenant_id, grants_t.c.provider_id == provider_id
+                )
             )
         ).all()
         by_key: dict[tuple[str, str], list[str]] = {}
@@ -252,7 +258,9 @@ class RegistryTx:
                 ],
             )
 
-    async def delete_capability(self, tenant_id: str, provider_id: str, capability_id: str, version: str) -> None:
+    async def delete_capability(
+        self, tenant_id: str, provider_id: str, capability_id: str, version: str
+    ) -> None:
         """Deletes a capability row and its grants."""
         for table in (grants_t, caps_t):
             await self.conn.execute(
@@ -268,14 +276,18 @@ class RegistryTx:
         """Every endpoint of a provider, with the capability ids each serves."""
         rows = (
             await self.conn.execute(
-                sa.select(endpoints_t).where(endpoints_t.c.tenant_id == tenant_id, endpoints_t.c.provider_id == provider_id)
+                sa.select(endpoints_t).where(
+                    endpoints_t.c.tenant_id == tenant_id, endpoints_t.c.provider_id == provider_id
+                )
             )
         ).all()
         return await _with_caps(self.conn, rows)
 
     async def endpoint(self, endpoint_id: str) -> EndpointRow | None:
         """One endpoint by id (any tenant; callers check the tenant)."""
-        rows = (await self.conn.execute(sa.select(endpoints_t).where(endpoints_t.c.endpoint_id == endpoint_id))).all()
+        rows = (
+            await self.conn.execute(sa.select(endpoints_t).where(endpoints_t.c.endpoint_id == endpoint_id))
+        ).all()
         found = await _with_caps(self.conn, rows)
         return found[0] if found else None
 
@@ -286,15 +298,24 @@ class RegistryTx:
         await self.conn.execute(sa.insert(endpoints_t).values(**values))
         if row.capability_ids:
             await self.conn.execute(
-                sa.insert(ep_caps_t), [{"endpoint_id": row.endpoint_id, "capability_id": c} for c in row.capability_ids]
+                sa.insert(ep_caps_t),
+                [{"endpoint_id": row.endpoint_id, "capability_id": c} for c in row.capability_ids],
             )
 
-    async def set_health(self, endpoint_id: str, health: int, reason: str, now_ms: int, revision: int) -> None:
+    async def set_health(
+        self, endpoint_id: str, health: int, reason: str, now_ms: int, revision: int
+    ) -> None:
         """Changes only the health of an endpoint."""
         await self.conn.execute(
             sa.update(endpoints_t)
             .where(endpoints_t.c.endpoint_id == endpoint_id)
-            .values(health=health, health_reason=reason[:500], health_changed_ms=now_ms, updated_ms=now_ms, revision=revision)
+            .values(
+                health=health,
+                health_reason=reason[:500],
+                health_changed_ms=now_ms,
+                updated_ms=now_ms,
+                revision=revision,
+            )
         )
 
     async def delete_endpoint(self, endpoint_id: str) -> None:
@@ -302,7 +323,9 @@ class RegistryTx:
         await self.conn.execute(sa.delete(ep_caps_t).where(ep_caps_t.c.endpoint_id == endpoint_id))
         await self.conn.execute(sa.delete(endpoints_t).where(endpoints_t.c.endpoint_id == endpoint_id))
 
-    async def expired_providers(self, now_ms: int, tenant_id: str = "", provider_id: str = "") -> list[ProviderRow]:
+    async def expired_providers(
+        self, now_ms: int, tenant_id: str = "", provider_id: str = ""
+    ) -> list[ProviderRow]:
         """Active providers whose lease ran out, optionally of one tenant or provider."""
         q = sa.select(providers_t).where(providers_t.c.state == 1, providers_t.c.lease_expires_ms < now_ms)
         if tenant_id:
@@ -327,7 +350,9 @@ async def _with_caps(conn: AsyncConnection, rows: Sequence[Any]) -> list[Endpoin
     caps: dict[str, list[str]] = {}
     for link in links:
         caps.setdefault(link.endpoint_id, []).append(link.capability_id)
-    return [EndpointRow(**r._mapping, capability_ids=tuple(sorted(caps.get(r.endpoint_id, [])))) for r in rows]
+    return [
+        EndpointRow(**r._mapping, capability_ids=tuple(sorted(caps.get(r.endpoint_id, [])))) for r in rows
+    ]
 
 
 class RegistryStore:
@@ -354,7 +379,9 @@ class RegistryStore:
     async def revision(self) -> int:
         """The latest committed revision."""
         async with self.engine.connect() as conn:
-            return int((await conn.execute(sa.select(state_t.c.revision).where(state_t.c.id == 1))).scalar_one())
+            return int(
+                (await conn.execute(sa.select(state_t.c.revision).where(state_t.c.id == 1))).scalar_one()
+            )
 
     async def provider(self, tenant_id: str, provider_id: str) -> ProviderRow | None:
         """One provider of a tenant."""
@@ -370,7 +397,11 @@ class RegistryStore:
             row = await tx.provider(tenant_id, provider_id)
             if row is None:
                 return None
-            return row, await tx.capabilities_of(tenant_id, provider_id), await tx.endpoints_of(tenant_id, provider_id)
+            return (
+                row,
+                await tx.capabilities_of(tenant_id, provider_id),
+                await tx.endpoints_of(tenant_id, provider_id),
+            )
 
     async def list_providers(self, tenant_id: str, state: int, page: Page) -> list[ProviderRow]:
         """A page of a tenant's providers, by provider id."""
@@ -420,7 +451,9 @@ class RegistryStore:
             if health:
                 ep = ep.where(endpoints_t.c.health == health)
             q = q.where(ep.exists())
-        key = sa.tuple_(caps_t.c.capability_id, caps_t.c.version_key, caps_t.c.provider_id, caps_t.c.tenant_id)
+        key = sa.tuple_(
+            caps_t.c.capability_id, caps_t.c.version_key, caps_t.c.provider_id, caps_t.c.tenant_id
+        )
         if page.after:
             q = q.where(key > sa.tuple_(*[sa.literal(x) for x in page.after]))
         q = q.order_by(caps_t.c.capability_id, caps_t.c.version_key, caps_t.c.provider_id, caps_t.c.tenant_id)
@@ -429,7 +462,9 @@ class RegistryStore:
             rows = (await conn.execute(q)).all()
         return [CapabilityRow(**r._mapping) for r in rows]
 
-    async def endpoints_serving(self, caps: Iterable[CapabilityRow]) -> dict[tuple[str, str, str], list[EndpointRow]]:
+    async def endpoints_serving(
+        self, caps: Iterable[CapabilityRow]
+    ) -> dict[tuple[str, str, str], list[EndpointRow]]:
         """Endpoints serving each (tenant, provider, capability id) of the given capabilities."""
         keys = {(c.tenant_id, c.provider_id, c.capability_id) for c in caps}
         if not keys:
@@ -439,7 +474,12 @@ class RegistryStore:
             sa.select(endpoints_t, ep_caps_t.c.capability_id.label("served"))
             .join(ep_caps_t, ep_caps_t.c.endpoint_id == endpoints_t.c.endpoint_id)
             .where(
-                sa.or_(*[sa.and_(endpoints_t.c.tenant_id == t, endpoints_t.c.provider_id == p) for t, p in providers]),
+                sa.or_(
+                    *[
+                        sa.and_(endpoints_t.c.tenant_id == t, endpoints_t.c.provider_id == p)
+                        for t, p in providers
+                    ]
+                ),
                 ep_caps_t.c.capability_id.in_({c for _, _, c in keys}),
             )
             .order_by(endpoints_t.c.endpoint_id)
@@ -472,7 +512,10 @@ class RegistryStore:
         if capability_id:
             q = q.where(
                 sa.select(ep_caps_t.c.endpoint_id)
-                .where(ep_caps_t.c.endpoint_id == endpoints_t.c.endpoint_id, ep_caps_t.c.capability_id == capability_id)
+                .where(
+                    ep_caps_t.c.endpoint_id == endpoints_t.c.endpoint_id,
+                    ep_caps_t.c.capability_id == capability_id,
+                )
                 .exists()
             )
         if transport:
@@ -489,7 +532,10 @@ class RegistryStore:
         """Events after `revision` that concern the tenant (its own or shared with it), in order."""
         q = (
             sa.select(events_t)
-            .where(events_t.c.revision > revision, sa.or_(events_t.c.tenant_id == tenant_id, events_t.c.grantees != ""))
+            .where(
+                events_t.c.revision > revision,
+                sa.or_(events_t.c.tenant_id == tenant_id, events_t.c.grantees != ""),
+            )
             .order_by(events_t.c.revision)
             .limit(limit)
         )
@@ -517,7 +563,10 @@ class RegistryStore:
         """The highest revision among the next `limit` events after `revision` (any tenant), or `revision`."""
         q = sa.select(sa.func.max(events_t.c.revision)).where(
             events_t.c.revision.in_(
-                sa.select(events_t.c.revision).where(events_t.c.revision > revision).order_by(events_t.c.revision).limit(limit)
+                sa.select(events_t.c.revision)
+                .where(events_t.c.revision > revision)
+                .order_by(events_t.c.revision)
+                .limit(limit)
             )
         )
         async with self.engine.connect() as conn:

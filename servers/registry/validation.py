@@ -9,16 +9,18 @@ import re
 from urllib.parse import urlsplit
 
 from google.protobuf import json_format
-
 from powerx.common.v1 import common_pb2
 from powerx.registry.v1 import capability_pb2, endpoint_pb2, registry_service_pb2
+
 from servers.common.context import valid_tenant
 from servers.common.validate import SEMVER, Violations
 
 PROVIDER_ID = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,126}[a-z0-9])?$")
 CAPABILITY_ID = re.compile(r"^[a-z0-9]([a-z0-9._/-]{0,190}[a-z0-9])?$")
 SCOPE = re.compile(r"^[A-Za-z0-9._:*-]{1,128}$")
-HOST = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+HOST = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 
 MAX_CAPABILITIES = 1000
 MAX_ENDPOINTS = 1000
@@ -90,7 +92,11 @@ def uri_problem(transport: int, uri: str) -> str:
     if transport == common_pb2.TRANSPORT_AGENT:
         if uri.startswith("agent://"):
             rest = uri[len("agent://") :]
-            return "" if rest and re.match(r"^[A-Za-z0-9._/-]{1,255}$", rest) else "agent://<agent id> needs an id"
+            return (
+                ""
+                if rest and re.match(r"^[A-Za-z0-9._/-]{1,255}$", rest)
+                else "agent://<agent id> needs an id"
+            )
         return _url_problem(uri, ("http", "https"))
     return "transport is not known"
 
@@ -102,7 +108,12 @@ def lease_seconds(ttl_seconds: float, field: str, v: Violations) -> None:
 
 
 def _check_capability(cap: capability_pb2.Capability, field: str, v: Violations) -> None:
-    v.pattern(cap.capability_id, f"{field}.capability_id", CAPABILITY_ID, "lower-case letters, digits, '.', '_', '-', '/' (up to 192)")
+    v.pattern(
+        cap.capability_id,
+        f"{field}.capability_id",
+        CAPABILITY_ID,
+        "lower-case letters, digits, '.', '_', '-', '/' (up to 192)",
+    )
     v.pattern(cap.version, f"{field}.version", SEMVER, "a semantic version such as 1.0.0")
     v.text(cap.display_name, f"{field}.display_name", max_len=200)
     v.text(cap.description, f"{field}.description", max_len=4000)
@@ -110,7 +121,9 @@ def _check_capability(cap: capability_pb2.Capability, field: str, v: Violations)
     if len(cap.tenant_scopes) > 256:
         v.add(f"{field}.tenant_scopes", "has more than 256 entries")
     for j, scope in enumerate(cap.tenant_scopes):
-        v.check(scope == "*" or valid_tenant(scope), f"{field}.tenant_scopes[{j}]", "must be a tenant id or '*'")
+        v.check(
+            scope == "*" or valid_tenant(scope), f"{field}.tenant_scopes[{j}]", "must be a tenant id or '*'"
+        )
     if cap.security.scope:
         v.pattern(cap.security.scope, f"{field}.security.scope", SCOPE, "a scope such as crm.lead.write")
     if len(cap.security.masked_fields) > 128:
@@ -125,7 +138,10 @@ def _check_capability(cap: capability_pb2.Capability, field: str, v: Violations)
 
 def _check_endpoint(ep: endpoint_pb2.Endpoint, field: str, cap_ids: set[str], v: Violations) -> None:
     if ep.transport not in TRANSPORT_NAMES:
-        v.add(f"{field}.transport", "must be one of TRANSPORT_GRPC, TRANSPORT_HTTP, TRANSPORT_MCP, TRANSPORT_AGENT")
+        v.add(
+            f"{field}.transport",
+            "must be one of TRANSPORT_GRPC, TRANSPORT_HTTP, TRANSPORT_MCP, TRANSPORT_AGENT",
+        )
     else:
         problem = uri_problem(ep.transport, ep.uri)
         if problem:
@@ -140,7 +156,11 @@ def _check_endpoint(ep: endpoint_pb2.Endpoint, field: str, cap_ids: set[str], v:
         if len(key) > 63 or len(value) > 1024:
             v.add(f"{field}.metadata[{key[:63]}]", "key must be at most 63 and value at most 1024 characters")
     for j, cap_id in enumerate(ep.capability_ids):
-        v.check(cap_id in cap_ids, f"{field}.capability_ids[{j}]", f"names {cap_id!r}, which this announce does not declare")
+        v.check(
+            cap_id in cap_ids,
+            f"{field}.capability_ids[{j}]",
+            f"names {cap_id!r}, which this announce does not declare",
+        )
 
 
 def check_announce(req: registry_service_pb2.AnnounceProviderRequest) -> None:
@@ -149,7 +169,12 @@ def check_announce(req: registry_service_pb2.AnnounceProviderRequest) -> None:
     if not req.HasField("provider"):
         v.add("provider", "is required")
     p = req.provider
-    v.pattern(p.provider_id, "provider.provider_id", PROVIDER_ID, "lower-case letters, digits, '.', '_', '-' (up to 128), such as com.acme.crm")
+    v.pattern(
+        p.provider_id,
+        "provider.provider_id",
+        PROVIDER_ID,
+        "lower-case letters, digits, '.', '_', '-' (up to 128), such as com.acme.crm",
+    )
     v.pattern(p.version, "provider.version", SEMVER, "a semantic version such as 1.0.0")
     v.text(p.display_name, "provider.display_name", max_len=200)
     v.text(p.author, "provider.author", max_len=200)
@@ -165,14 +190,18 @@ def check_announce(req: registry_service_pb2.AnnounceProviderRequest) -> None:
     seen_caps: set[tuple[str, str]] = set()
     for i, cap in enumerate(req.capabilities):
         _check_capability(cap, f"capabilities[{i}]", v)
-        key = (cap.capability_id, cap.version)
-        v.check(key not in seen_caps, f"capabilities[{i}]", f"duplicates capability {cap.capability_id} {cap.version}")
-        seen_caps.add(key)
+        cap_key = (cap.capability_id, cap.version)
+        v.check(
+            cap_key not in seen_caps,
+            f"capabilities[{i}]",
+            f"duplicates capability {cap.capability_id} {cap.version}",
+        )
+        seen_caps.add(cap_key)
     cap_ids = {c for c, _ in seen_caps}
     seen_eps: set[tuple[int, str]] = set()
     for i, ep in enumerate(req.endpoints):
         _check_endpoint(ep, f"endpoints[{i}]", cap_ids, v)
-        key = (ep.transport, ep.uri)
-        v.check(key not in seen_eps, f"endpoints[{i}]", "duplicates another endpoint's transport and uri")
-        seen_eps.add(key)
+        ep_key = (int(ep.transport), ep.uri)
+        v.check(ep_key not in seen_eps, f"endpoints[{i}]", "duplicates another endpoint's transport and uri")
+        seen_eps.add(ep_key)
     v.raise_if_any("invalid announce")

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from powerx.registry.v1 import registry_service_pb2 as rs
 from powerx.registry.v1 import registry_service_pb2_grpc as rs_grpc
+
 from servers.common.bus import InProcessBus, RedisStreamsBus
 from servers.mesh import start_mesh
-from tests.conftest import PG_URL, announce_request, mesh_settings, tenant
+from tests.conftest import announce_request, mesh_settings, tenant
 
 
 async def test_in_process_bus_fans_out_in_order_and_unsubscribes() -> None:
@@ -48,18 +48,21 @@ async def test_redis_bus_delivers_across_instances_in_order(redis_url: str) -> N
 @pytest.mark.redis
 @pytest.mark.postgres
 async def test_watch_on_one_mesh_sees_an_announce_made_through_another(
-    tmp_path: Path, database_url: str, redis_url: str
+    tmp_path: Path, pg_database_url: str, redis_url: str
 ) -> None:
-    if not PG_URL or database_url.startswith("sqlite"):
-        pytest.skip("two processes share state through PostgreSQL")
+    database_url = pg_database_url
     # A long poll interval proves the Redis wake-up, not polling, delivers the change.
     a = await start_mesh(mesh_settings(tmp_path / "a", database_url, redis_url, watch_poll_interval_s=30))
     b = await start_mesh(mesh_settings(tmp_path / "b", database_url, redis_url, watch_poll_interval_s=30))
     try:
         async with grpc.aio.insecure_channel(a.address) as ca, grpc.aio.insecure_channel(b.address) as cb:
-            watch = rs_grpc.RegistryServiceStub(ca).WatchRegistry(rs.WatchRegistryRequest(), metadata=tenant())
+            watch = rs_grpc.RegistryServiceStub(ca).WatchRegistry(
+                rs.WatchRegistryRequest(), metadata=tenant()
+            )
             assert (await watch.read()).HasField("caught_up")
-            announced = await rs_grpc.RegistryServiceStub(cb).AnnounceProvider(announce_request(), metadata=tenant())
+            announced = await rs_grpc.RegistryServiceStub(cb).AnnounceProvider(
+                announce_request(), metadata=tenant()
+            )
             seen = [await asyncio.wait_for(watch.read(), 5) for _ in range(3)]
             assert [m.event.revision for m in seen] == [1, 2, 3]
             assert seen[-1].event.revision == announced.revision

@@ -9,9 +9,9 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
 from powerx.registry.v1 import registry_service_pb2 as rs
 from powerx.registry.v1 import registry_service_pb2_grpc as rs_grpc
+
 from servers.mesh import SERVICE_NAMES, Mesh, start_mesh
 from servers.registry.servicer import RegistryServicer
 from tests.conftest import announce_request, mesh_settings, tenant
@@ -53,13 +53,19 @@ async def test_reflection_lists_every_service(channel: grpc.aio.Channel) -> None
     [
         ("powerx.router.v1.RouterService", "Invoke", "powerx.router.v1.InvokeRequest"),
         ("powerx.agent.v1.AgentService", "ListAgents", "powerx.agent.v1.ListAgentsRequest"),
-        ("powerx.connector.v1.ConnectorService", "InvokeConnector", "powerx.connector.v1.InvokeConnectorRequest"),
+        (
+            "powerx.connector.v1.ConnectorService",
+            "InvokeConnector",
+            "powerx.connector.v1.InvokeConnectorRequest",
+        ),
     ],
 )
 async def test_unbuilt_services_answer_unimplemented_clearly(
     channel: grpc.aio.Channel, service: str, method: str, request_type: str
 ) -> None:
-    call = channel.unary_unary(f"/{service}/{method}", request_serializer=lambda _: b"", response_deserializer=bytes)
+    call = channel.unary_unary(
+        f"/{service}/{method}", request_serializer=lambda _: b"", response_deserializer=bytes
+    )
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await call(b"", metadata=tenant())
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
@@ -70,11 +76,7 @@ async def test_unbuilt_services_answer_unimplemented_clearly(
 def test_every_registry_rpc_in_the_descriptors_is_implemented() -> None:
     fds = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTORS.read_bytes())
     methods = {
-        m.name
-        for f in fds.file
-        if f.package == "powerx.registry.v1"
-        for s in f.service
-        for m in s.method
+        m.name for f in fds.file if f.package == "powerx.registry.v1" for s in f.service for m in s.method
     }
     assert methods, "no registry methods in the descriptor set"
     missing = {m for m in methods if m not in RegistryServicer.__dict__}
@@ -85,21 +87,30 @@ async def test_durable_state_survives_a_restart(tmp_path: Path, database_url: st
     settings = mesh_settings(tmp_path, database_url)
     first: Mesh = await start_mesh(settings)
     async with grpc.aio.insecure_channel(first.address) as ch:
-        announced = await rs_grpc.RegistryServiceStub(ch).AnnounceProvider(announce_request(), metadata=tenant())
+        announced = await rs_grpc.RegistryServiceStub(ch).AnnounceProvider(
+            announce_request(), metadata=tenant()
+        )
     await first.stop(0)
 
     second = await start_mesh(settings)
     try:
         async with grpc.aio.insecure_channel(second.address) as ch:
             registry = rs_grpc.RegistryServiceStub(ch)
-            got = await registry.GetProvider(rs.GetProviderRequest(provider_id="com.acme.crm"), metadata=tenant())
+            got = await registry.GetProvider(
+                rs.GetProviderRequest(provider_id="com.acme.crm"), metadata=tenant()
+            )
             assert got.endpoints[0].endpoint_id == announced.endpoints[0].endpoint_id
             assert got.capabilities[0].capability_id == "crm.lead.create"
             # Revisions continue from where they were; the same announce is still a no-op.
             again = await registry.AnnounceProvider(announce_request(), metadata=tenant())
             assert not again.changed
             assert again.revision == announced.revision
-            replay = [m async for m in registry.WatchRegistry(rs.WatchRegistryRequest(max_events=3), metadata=tenant())]
+            replay = [
+                m
+                async for m in registry.WatchRegistry(
+                    rs.WatchRegistryRequest(max_events=3), metadata=tenant()
+                )
+            ]
             assert [m.event.revision for m in replay if m.HasField("event")] == [1, 2, 3]
     finally:
         await second.stop(0)

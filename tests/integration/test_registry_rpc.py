@@ -6,11 +6,11 @@ import asyncio
 
 import grpc
 import pytest
-
 from powerx.common.v1 import common_pb2
 from powerx.registry.v1 import event_pb2, provider_pb2
 from powerx.registry.v1 import registry_service_pb2 as rs
 from powerx.registry.v1 import registry_service_pb2_grpc as rs_grpc
+
 from servers.mesh import Mesh
 from tests.conftest import announce_request, tenant
 from tests.integration.helpers import bad_fields, error_info
@@ -33,21 +33,35 @@ async def test_announce_get_list_withdraw(registry: rs_grpc.RegistryServiceStub)
     assert cap.capabilities[0].provider_id == "com.acme.crm"
     assert cap.capabilities[0].endpoints[0].uri == "grpc://127.0.0.1:51043"
     assert cap.capabilities[0].security.scope == "crm.lead.write"
-    listed = await registry.ListCapabilities(rs.ListCapabilitiesRequest(transport=common_pb2.TRANSPORT_GRPC), metadata=T1)
+    listed = await registry.ListCapabilities(
+        rs.ListCapabilitiesRequest(transport=common_pb2.TRANSPORT_GRPC), metadata=T1
+    )
     assert [c.capability_id for c in listed.capabilities] == ["crm.lead.create"]
-    assert not (await registry.ListCapabilities(
-        rs.ListCapabilitiesRequest(transport=common_pb2.TRANSPORT_HTTP), metadata=T1)).capabilities
-    eps = await registry.ListRuntimeEndpoints(rs.ListRuntimeEndpointsRequest(capability_id="crm.lead.create"), metadata=T1)
+    assert not (
+        await registry.ListCapabilities(
+            rs.ListCapabilitiesRequest(transport=common_pb2.TRANSPORT_HTTP), metadata=T1
+        )
+    ).capabilities
+    eps = await registry.ListRuntimeEndpoints(
+        rs.ListRuntimeEndpointsRequest(capability_id="crm.lead.create"), metadata=T1
+    )
     assert [e.health for e in eps.endpoints] == [common_pb2.HEALTH_STATE_HEALTHY]
     assert eps.endpoints[0].lease_expire_time.seconds > 0
     prov = await registry.GetProvider(rs.GetProviderRequest(provider_id="com.acme.crm"), metadata=T1)
     assert prov.provider.display_name == "CRM Plus"
     assert prov.provider.tenant_id == "t1"
-    provs = await registry.ListProviders(rs.ListProvidersRequest(state=provider_pb2.PROVIDER_STATE_ACTIVE), metadata=T1)
+    provs = await registry.ListProviders(
+        rs.ListProvidersRequest(state=provider_pb2.PROVIDER_STATE_ACTIVE), metadata=T1
+    )
     assert [p.provider_id for p in provs.providers] == ["com.acme.crm"]
 
-    renewed = await registry.RenewProviderLease(rs.RenewProviderLeaseRequest(provider_id="com.acme.crm"), metadata=T1)
-    assert renewed.provider.lease_expire_time.ToMilliseconds() >= prov.provider.lease_expire_time.ToMilliseconds()
+    renewed = await registry.RenewProviderLease(
+        rs.RenewProviderLeaseRequest(provider_id="com.acme.crm"), metadata=T1
+    )
+    assert (
+        renewed.provider.lease_expire_time.ToMilliseconds()
+        >= prov.provider.lease_expire_time.ToMilliseconds()
+    )
 
     out = await registry.WithdrawProvider(rs.WithdrawProviderRequest(provider_id="com.acme.crm"), metadata=T1)
     assert out.provider.state == provider_pb2.PROVIDER_STATE_WITHDRAWN
@@ -61,13 +75,16 @@ async def test_announce_get_list_withdraw(registry: rs_grpc.RegistryServiceStub)
 async def test_refresh_and_delete_endpoint(registry: rs_grpc.RegistryServiceStub) -> None:
     resp = await registry.AnnounceProvider(announce_request(lease_s=1), metadata=T1)
     await asyncio.sleep(1.1)
-    refreshed = await registry.RefreshRegistry(rs.RefreshRegistryRequest(provider_id="com.acme.crm"), metadata=T1)
+    refreshed = await registry.RefreshRegistry(
+        rs.RefreshRegistryRequest(provider_id="com.acme.crm"), metadata=T1
+    )
     # The background sweeper may have expired it first; either way it is stale now.
     eps = await registry.ListRuntimeEndpoints(rs.ListRuntimeEndpointsRequest(), metadata=T1)
     assert eps.endpoints[0].health == common_pb2.HEALTH_STATE_STALE
     assert refreshed.revision >= resp.revision + 2
     deleted = await registry.DeleteEndpoint(
-        rs.DeleteEndpointRequest(endpoint_id=resp.endpoints[0].endpoint_id, reason="drain"), metadata=T1)
+        rs.DeleteEndpointRequest(endpoint_id=resp.endpoints[0].endpoint_id, reason="drain"), metadata=T1
+    )
     assert deleted.endpoint.health == common_pb2.HEALTH_STATE_OFFLINE
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await registry.DeleteEndpoint(rs.DeleteEndpointRequest(endpoint_id="ep_nope"), metadata=T1)
@@ -75,9 +92,13 @@ async def test_refresh_and_delete_endpoint(registry: rs_grpc.RegistryServiceStub
     assert error_info(err.value).reason == "ENDPOINT_NOT_FOUND"
 
 
-async def test_import_mcp_server_is_declared_but_not_served_yet(registry: rs_grpc.RegistryServiceStub) -> None:
+async def test_import_mcp_server_is_declared_but_not_served_yet(
+    registry: rs_grpc.RegistryServiceStub,
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await registry.ImportMcpServer(rs.ImportMcpServerRequest(server_id="s", uri="http://h/mcp"), metadata=T1)
+        await registry.ImportMcpServer(
+            rs.ImportMcpServerRequest(server_id="s", uri="http://h/mcp"), metadata=T1
+        )
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "router" in (err.value.details() or "")
 
@@ -92,19 +113,26 @@ async def test_watch_streams_replay_caught_up_live_and_end(registry: rs_grpc.Reg
         if msg.HasField("caught_up"):
             assert msg.caught_up.revision == first.revision
             await registry.AnnounceProvider(
-                announce_request("com.b", endpoints=((common_pb2.TRANSPORT_HTTP, "http://b/x"),)), metadata=T1)
+                announce_request("com.b", endpoints=((common_pb2.TRANSPORT_HTTP, "http://b/x"),)), metadata=T1
+            )
         elif msg.HasField("event"):
             received.append(msg.event)
     assert kinds == ["event"] * 3 + ["caught_up"] + ["event"] * 2 + ["end"]
     assert [e.revision for e in received] == [1, 2, 3, 4, 5]
     # Reconnect with the last revision seen: nothing is missed, nothing repeated.
-    resumed = [m async for m in registry.WatchRegistry(
-        rs.WatchRegistryRequest(since_revision=5, idle_timeout={"nanos": 300_000_000}), metadata=T1)]
+    resumed = [
+        m
+        async for m in registry.WatchRegistry(
+            rs.WatchRegistryRequest(since_revision=5, idle_timeout={"nanos": 300_000_000}), metadata=T1
+        )
+    ]
     assert [m.event.revision for m in resumed if m.HasField("event")] == [6]
     assert resumed[-1].end.reason == "IDLE_TIMEOUT"
 
 
-async def test_watch_cancelled_by_client_releases_the_stream(registry: rs_grpc.RegistryServiceStub, mesh: Mesh) -> None:
+async def test_watch_cancelled_by_client_releases_the_stream(
+    registry: rs_grpc.RegistryServiceStub, mesh: Mesh
+) -> None:
     from servers.registry.service import REVISION_TOPIC
 
     stream = registry.WatchRegistry(rs.WatchRegistryRequest(), metadata=T1)
@@ -132,13 +160,25 @@ BAD_REQUESTS = {
         announce_request(caps=tuple((f"c.{i}", "1.0.0") for i in range(1001))),
         announce_request(lease_s=100_000),
     ],
-    "WithdrawProvider": [rs.WithdrawProviderRequest(), rs.WithdrawProviderRequest(provider_id="p", reason="x" * 501)],
-    "RenewProviderLease": [rs.RenewProviderLeaseRequest(), rs.RenewProviderLeaseRequest(provider_id="p", lease_ttl={"seconds": -5})],
+    "WithdrawProvider": [
+        rs.WithdrawProviderRequest(),
+        rs.WithdrawProviderRequest(provider_id="p", reason="x" * 501),
+    ],
+    "RenewProviderLease": [
+        rs.RenewProviderLeaseRequest(),
+        rs.RenewProviderLeaseRequest(provider_id="p", lease_ttl={"seconds": -5}),
+    ],
     "GetProvider": [rs.GetProviderRequest(), rs.GetProviderRequest(provider_id="p" * 300)],
     "ListProviders": [rs.ListProvidersRequest(page_size=-1), rs.ListProvidersRequest(page_token="%%%")],
     "GetCapability": [rs.GetCapabilityRequest(), rs.GetCapabilityRequest(capability_id="Bad Id")],
-    "ListCapabilities": [rs.ListCapabilitiesRequest(page_size=5000), rs.ListCapabilitiesRequest(transport=99)],  # type: ignore[arg-type]
-    "ListRuntimeEndpoints": [rs.ListRuntimeEndpointsRequest(page_size=-3), rs.ListRuntimeEndpointsRequest(health=42)],  # type: ignore[arg-type]
+    "ListCapabilities": [
+        rs.ListCapabilitiesRequest(page_size=5000),
+        rs.ListCapabilitiesRequest(transport=99),
+    ],  # type: ignore[arg-type]
+    "ListRuntimeEndpoints": [
+        rs.ListRuntimeEndpointsRequest(page_size=-3),
+        rs.ListRuntimeEndpointsRequest(health=42),
+    ],  # type: ignore[arg-type]
     "RefreshRegistry": [rs.RefreshRegistryRequest(provider_id="p" * 300)],
     "DeleteEndpoint": [rs.DeleteEndpointRequest(), rs.DeleteEndpointRequest(endpoint_id="e" * 41)],
 }
@@ -160,7 +200,9 @@ async def test_bad_input_is_rejected_with_field_violations_and_writes_nothing(
 
 
 @pytest.mark.parametrize("metadata", [(), (("x-tenant-id", "no spaces allowed"),)])
-async def test_calls_without_a_valid_tenant_are_rejected(registry: rs_grpc.RegistryServiceStub, metadata: tuple) -> None:
+async def test_calls_without_a_valid_tenant_are_rejected(
+    registry: rs_grpc.RegistryServiceStub, metadata: tuple
+) -> None:
     calls = [
         registry.AnnounceProvider(announce_request(), metadata=metadata),
         registry.ListCapabilities(rs.ListCapabilitiesRequest(), metadata=metadata),
@@ -196,7 +238,9 @@ async def test_wrong_tenant_sees_nothing_and_changes_nothing(registry: rs_grpc.R
         registry.GetCapability(rs.GetCapabilityRequest(capability_id="crm.lead.create"), metadata=other),
         registry.WithdrawProvider(rs.WithdrawProviderRequest(provider_id="com.acme.crm"), metadata=other),
         registry.RenewProviderLease(rs.RenewProviderLeaseRequest(provider_id="com.acme.crm"), metadata=other),
-        registry.DeleteEndpoint(rs.DeleteEndpointRequest(endpoint_id=resp.endpoints[0].endpoint_id), metadata=other),
+        registry.DeleteEndpoint(
+            rs.DeleteEndpointRequest(endpoint_id=resp.endpoints[0].endpoint_id), metadata=other
+        ),
         registry.RefreshRegistry(rs.RefreshRegistryRequest(provider_id="com.acme.crm"), metadata=other),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -204,7 +248,11 @@ async def test_wrong_tenant_sees_nothing_and_changes_nothing(registry: rs_grpc.R
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert not (await registry.ListCapabilities(rs.ListCapabilitiesRequest(), metadata=other)).capabilities
     assert not (await registry.ListProviders(rs.ListProvidersRequest(), metadata=other)).providers
-    watched = [m async for m in registry.WatchRegistry(
-        rs.WatchRegistryRequest(idle_timeout={"nanos": 200_000_000}), metadata=other)]
+    watched = [
+        m
+        async for m in registry.WatchRegistry(
+            rs.WatchRegistryRequest(idle_timeout={"nanos": 200_000_000}), metadata=other
+        )
+    ]
     assert [m.WhichOneof("kind") for m in watched] == ["caught_up", "end"]
     assert await _revision(registry) == resp.revision

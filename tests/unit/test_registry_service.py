@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
 from powerx.common.v1 import common_pb2
 from powerx.registry.v1 import event_pb2, provider_pb2
 from powerx.registry.v1 import registry_service_pb2 as rs
+
 from servers.common.bus import InProcessBus
 from servers.common.context import CallContext
 from servers.common.db import create_engine, migrate
@@ -41,12 +41,19 @@ async def clock() -> Clock:
 async def svc(tmp_path: Path, clock: Clock) -> AsyncIterator[RegistryService]:
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
     await migrate(engine)
-    yield RegistryService(RegistryStore(engine), InProcessBus(), default_lease_ttl_s=30, clock_ms=clock,
-                          watch_poll_interval_s=0.05)
+    yield RegistryService(
+        RegistryStore(engine),
+        InProcessBus(),
+        default_lease_ttl_s=30,
+        clock_ms=clock,
+        watch_poll_interval_s=0.05,
+    )
     await engine.dispose()
 
 
-async def events(svc: RegistryService, ctx: CallContext = T1, since: int = 0) -> list[event_pb2.RegistryEvent]:
+async def events(
+    svc: RegistryService, ctx: CallContext = T1, since: int = 0
+) -> list[event_pb2.RegistryEvent]:
     out = []
     async for msg in svc.watch_registry(rs.WatchRegistryRequest(since_revision=since), ctx):
         if msg.HasField("caught_up"):
@@ -72,10 +79,15 @@ async def test_announce_is_an_idempotent_upsert(svc: RegistryService) -> None:
 
 async def test_reannounce_replaces_endpoints_and_capabilities(svc: RegistryService) -> None:
     await svc.announce_provider(
-        announce_request(caps=(("a.one", "1.0.0"), ("a.two", "1.0.0")),
-                         endpoints=((GRPC, "grpc://10.0.0.1:1"), (HTTP, "http://10.0.0.1/x"))), T1)
+        announce_request(
+            caps=(("a.one", "1.0.0"), ("a.two", "1.0.0")),
+            endpoints=((GRPC, "grpc://10.0.0.1:1"), (HTTP, "http://10.0.0.1/x")),
+        ),
+        T1,
+    )
     resp = await svc.announce_provider(
-        announce_request(caps=(("a.one", "1.1.0"),), endpoints=((GRPC, "grpc://10.0.0.2:1"),)), T1)
+        announce_request(caps=(("a.one", "1.1.0"),), endpoints=((GRPC, "grpc://10.0.0.2:1"),)), T1
+    )
     assert resp.changed
     assert [(c.capability_id, c.version) for c in resp.capabilities] == [("a.one", "1.1.0")]
     assert [e.uri for e in resp.endpoints] == ["grpc://10.0.0.2:1"]
@@ -86,7 +98,9 @@ async def test_reannounce_replaces_endpoints_and_capabilities(svc: RegistryServi
 
 async def test_invalid_announce_names_every_field_and_writes_nothing(svc: RegistryService) -> None:
     req = announce_request(
-        provider_id="Not Valid!", version="1.0", caps=(("crm.lead.create", "x"), ("crm.lead.create", "x")),
+        provider_id="Not Valid!",
+        version="1.0",
+        caps=(("crm.lead.create", "x"), ("crm.lead.create", "x")),
         endpoints=((GRPC, "http://wrong-scheme:1"), (0, "grpc://h:1"), (GRPC, "grpc://host")),
     )
     req.endpoints[0].capability_ids.append("not.declared")
@@ -95,14 +109,22 @@ async def test_invalid_announce_names_every_field_and_writes_nothing(svc: Regist
     fields = {f for f, _ in err.value.violations}
     assert {"provider.provider_id", "provider.version"} <= fields
     assert await svc.store.revision() == 0
-    req = announce_request(caps=(("crm.lead.create", "x"), ("crm.lead.create", "x")),
-                           endpoints=((GRPC, "http://wrong-scheme:1"), (0, "grpc://h:1"), (GRPC, "grpc://host")))
+    req = announce_request(
+        caps=(("crm.lead.create", "x"), ("crm.lead.create", "x")),
+        endpoints=((GRPC, "http://wrong-scheme:1"), (0, "grpc://h:1"), (GRPC, "grpc://host")),
+    )
     req.endpoints[0].capability_ids.append("not.declared")
     with pytest.raises(InvalidArgument) as err:
         await svc.announce_provider(req, T1)
     fields = {f for f, _ in err.value.violations}
-    assert {"capabilities[0].version", "capabilities[1]", "endpoints[0].uri", "endpoints[1].transport",
-            "endpoints[2].uri", "endpoints[0].capability_ids[0]"} <= fields
+    assert {
+        "capabilities[0].version",
+        "capabilities[1]",
+        "endpoints[0].uri",
+        "endpoints[1].transport",
+        "endpoints[2].uri",
+        "endpoints[0].capability_ids[0]",
+    } <= fields
     assert await svc.store.revision() == 0
 
 
@@ -177,7 +199,9 @@ async def test_reannounce_after_restart_readmits_stale_endpoints(svc: RegistrySe
 
 async def test_withdraw_removes_from_catalog_and_blocks_renewal(svc: RegistryService) -> None:
     await svc.announce_provider(announce_request(), T1)
-    out = await svc.withdraw_provider(rs.WithdrawProviderRequest(provider_id="com.acme.crm", reason="bye"), T1)
+    out = await svc.withdraw_provider(
+        rs.WithdrawProviderRequest(provider_id="com.acme.crm", reason="bye"), T1
+    )
     assert out.provider.state == provider_pb2.PROVIDER_STATE_WITHDRAWN
     assert not (await svc.list_capabilities(rs.ListCapabilitiesRequest(), T1)).capabilities
     with pytest.raises(FailedPrecondition):
@@ -190,14 +214,21 @@ async def test_withdraw_removes_from_catalog_and_blocks_renewal(svc: RegistrySer
 
 async def test_tenants_are_isolated_unless_shared(svc: RegistryService) -> None:
     await svc.announce_provider(announce_request("com.t1.private", caps=(("p.op", "1.0.0"),)), T1)
-    await svc.announce_provider(announce_request("com.t1.shared", caps=(("s.op", "1.0.0"),), scopes=("t2",)), T1)
+    await svc.announce_provider(
+        announce_request("com.t1.shared", caps=(("s.op", "1.0.0"),), scopes=("t2",)), T1
+    )
     seen = await svc.list_capabilities(rs.ListCapabilitiesRequest(), T2)
     assert [c.capability_id for c in seen.capabilities] == ["s.op"]
     with pytest.raises(NotFound):
         await svc.get_capability(rs.GetCapabilityRequest(capability_id="p.op"), T2)
     with pytest.raises(NotFound):
         await svc.get_provider(rs.GetProviderRequest(provider_id="com.t1.private"), T2)
-    endpoint_id = (await svc.get_capability(rs.GetCapabilityRequest(capability_id="s.op"), T2)).capabilities[0].endpoints[0].endpoint_id
+    endpoint_id = (
+        (await svc.get_capability(rs.GetCapabilityRequest(capability_id="s.op"), T2))
+        .capabilities[0]
+        .endpoints[0]
+        .endpoint_id
+    )
     with pytest.raises(NotFound):
         await svc.delete_endpoint(rs.DeleteEndpointRequest(endpoint_id=endpoint_id), T2)
     assert not (await svc.list_runtime_endpoints(rs.ListRuntimeEndpointsRequest(), T2)).endpoints
@@ -210,8 +241,9 @@ async def test_tenants_are_isolated_unless_shared(svc: RegistryService) -> None:
 
 async def test_get_capability_returns_every_offering_highest_version_first(svc: RegistryService) -> None:
     await svc.announce_provider(announce_request("com.a", caps=(("x.op", "1.2.0"), ("x.op", "1.10.0"))), T1)
-    await svc.announce_provider(announce_request("com.b", caps=(("x.op", "2.0.0-rc.1"),),
-                                                 endpoints=((GRPC, "grpc://h2:1"),)), T1)
+    await svc.announce_provider(
+        announce_request("com.b", caps=(("x.op", "2.0.0-rc.1"),), endpoints=((GRPC, "grpc://h2:1"),)), T1
+    )
     got = await svc.get_capability(rs.GetCapabilityRequest(capability_id="x.op"), T1)
     assert [c.version for c in got.capabilities] == ["2.0.0-rc.1", "1.10.0", "1.2.0"]
     assert all(c.endpoints for c in got.capabilities)
@@ -239,7 +271,11 @@ async def test_pagination_walks_everything_once(svc: RegistryService) -> None:
     first = await svc.list_capabilities(rs.ListCapabilitiesRequest(page_size=5), T1)
     with pytest.raises(InvalidArgument):  # a token is bound to its filters
         await svc.list_capabilities(
-            rs.ListCapabilitiesRequest(page_size=5, page_token=first.next_page_token, capability_id_prefix="cap."), T1)
+            rs.ListCapabilitiesRequest(
+                page_size=5, page_token=first.next_page_token, capability_id_prefix="cap."
+            ),
+            T1,
+        )
 
 
 async def test_delete_endpoint_forces_offline_until_reannounced(svc: RegistryService) -> None:
@@ -248,7 +284,9 @@ async def test_delete_endpoint_forces_offline_until_reannounced(svc: RegistrySer
     out = await svc.delete_endpoint(rs.DeleteEndpointRequest(endpoint_id=eid, reason="maintenance"), T1)
     assert out.endpoint.health == common_pb2.HEALTH_STATE_OFFLINE
     assert out.endpoint.health_reason == "maintenance"
-    listed = await svc.list_runtime_endpoints(rs.ListRuntimeEndpointsRequest(health=common_pb2.HEALTH_STATE_OFFLINE), T1)
+    listed = await svc.list_runtime_endpoints(
+        rs.ListRuntimeEndpointsRequest(health=common_pb2.HEALTH_STATE_OFFLINE), T1
+    )
     assert [e.endpoint_id for e in listed.endpoints] == [eid]
     again = await svc.announce_provider(announce_request(), T1)
     assert again.changed
@@ -262,8 +300,9 @@ async def test_watch_replays_then_follows_and_resumes(svc: RegistryService) -> N
     stream = svc.watch_registry(req, T1)
     first = await anext(stream)
     assert first.HasField("caught_up")  # nothing about b.op yet
-    await svc.announce_provider(announce_request("com.b", caps=(("b.op", "1.0.0"),),
-                                                 endpoints=((GRPC, "grpc://b:1"),)), T1)
+    await svc.announce_provider(
+        announce_request("com.b", caps=(("b.op", "1.0.0"),), endpoints=((GRPC, "grpc://b:1"),)), T1
+    )
     async for msg in stream:
         got.append(msg)
     assert [m.WhichOneof("kind") for m in got] == ["event", "event", "event", "end"]

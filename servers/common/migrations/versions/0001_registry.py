@@ -22,7 +22,9 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("revision", sa.BigInteger, nullable=False),
     )
-    op.bulk_insert(sa.table("registry_state", sa.column("id"), sa.column("revision")), [{"id": 1, "revision": 0}])
+    op.bulk_insert(
+        sa.table("registry_state", sa.column("id"), sa.column("revision")), [{"id": 1, "revision": 0}]
+    )
     op.create_table(
         "registry_providers",
         sa.Column("tenant_id", TENANT, primary_key=True),
