@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from powerx.agent.v1 import agent_service_pb2, agent_service_pb2_grpc
 from powerx.connector.v1 import connector_service_pb2, connector_service_pb2_grpc
 from powerx.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from powerx.router.v1 import router_service_pb2, router_service_pb2_grpc
-
 from servers.common.bus import EventBus, make_bus
 from servers.common.db import create_engine, migrate
 from servers.common.interceptor import ContextInterceptor

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from powerx.common.v1 import common_pb2
 from powerx.registry.v1 import capability_pb2, endpoint_pb2, provider_pb2
 from powerx.registry.v1 import registry_service_pb2 as rs
 from powerx.registry.v1 import registry_service_pb2_grpc as rs_grpc
-
 from servers.common.settings import Settings
 from servers.mesh import Mesh, start_mesh
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import code_pb2, status_pb2
+
 from powerx.common.v1 import common_pb2
 from powerx.registry.v1 import (
     capability_pb2,
@@ -25,7 +26,6 @@ from powerx.registry.v1 import (
 from powerx.registry.v1 import (
     registry_service_pb2 as rs,
 )
-
 from servers.common.bus import EventBus
 from servers.common.context import CallContext, valid_tenant
 from servers.common.errors import FailedPrecondition, InvalidArgument, NotFound, TenantRequired, Unimplemented

@@ -7,7 +7,6 @@ from typing import Any
 
 from powerx.registry.v1 import registry_service_pb2 as rs
 from powerx.registry.v1 import registry_service_pb2_grpc as rs_grpc
-
 from servers.common import context
 from servers.registry.service import RegistryService
 

@@ -9,9 +9,9 @@ import re
 from urllib.parse import urlsplit
 
 from google.protobuf import json_format
+
 from powerx.common.v1 import common_pb2
 from powerx.registry.v1 import capability_pb2, endpoint_pb2, registry_service_pb2
-
 from servers.common.context import valid_tenant
 from servers.common.validate import SEMVER, Violations
 

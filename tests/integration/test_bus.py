@@ -8,9 +8,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from powerx.registry.v1 import registry_service_pb2 as rs
 from powerx.registry.v1 import registry_service_pb2_grpc as rs_grpc
-
 from servers.common.bus import InProcessBus, RedisStreamsBus
 from servers.mesh import start_mesh
 from tests.conftest import announce_request, mesh_settings, tenant

@@ -9,9 +9,9 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from powerx.registry.v1 import registry_service_pb2 as rs
 from powerx.registry.v1 import registry_service_pb2_grpc as rs_grpc
-
 from servers.mesh import SERVICE_NAMES, Mesh, start_mesh
 from servers.registry.servicer import RegistryServicer
 from tests.conftest import announce_request, mesh_settings, tenant

@@ -6,11 +6,11 @@ import asyncio
 
 import grpc
 import pytest
+
 from powerx.common.v1 import common_pb2
 from powerx.registry.v1 import event_pb2, provider_pb2
 from powerx.registry.v1 import registry_service_pb2 as rs
 from powerx.registry.v1 import registry_service_pb2_grpc as rs_grpc
-
 from servers.mesh import Mesh
 from tests.conftest import announce_request, tenant
 from tests.integration.helpers import bad_fields, error_info

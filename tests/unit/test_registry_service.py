@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
 from powerx.common.v1 import common_pb2
 from powerx.registry.v1 import event_pb2, provider_pb2
 from powerx.registry.v1 import registry_service_pb2 as rs
-
 from servers.common.bus import InProcessBus
 from servers.common.context import CallContext
 from servers.common.db import create_engine, migrate
