@@ -2520,7 +2520,8 @@ class AgentServiceStub:
         the id, version and signature, publishes its skills to the registry as capabilities of provider
         `agent_id` with an agent endpoint, opens a session and issues a new token (the previous token and
         session end). Registering an existing agent again needs its current token in `authorization`,
-        unless that token was revoked or the agent is retired.
+        unless that token was revoked or the agent is retired. Over REST the body is the manifest itself
+        (as in seed 002 §4.1) and `resume_session_id` is a query parameter.
         """
 
         return self._channel.unary_unary(
