@@ -16,13 +16,23 @@ echo "== buf lint"
 $BUF lint
 echo "== buf format"
 $BUF format -d --exit-code
-echo "== buf breaking (against main)"
-if git rev-parse --verify -q refs/heads/main >/dev/null && git cat-file -e main:buf.yaml 2>/dev/null; then
-  $BUF breaking --against '.git#branch=main'
-elif git rev-parse --verify -q refs/remotes/origin/main >/dev/null && git cat-file -e origin/main:buf.yaml 2>/dev/null; then
-  $BUF breaking --against '.git#ref=refs/remotes/origin/main'
+echo "== buf breaking"
+# Against main when working on another branch. On main itself (as in CI) comparing with main is
+# vacuous, so compare with the contracts as they were before the latest commit that changed proto/.
+against="${BUF_BREAKING_AGAINST:-}"
+if [ -z "$against" ]; then
+  if git rev-parse --verify -q refs/heads/main >/dev/null && [ "$(git rev-parse HEAD)" != "$(git rev-parse main)" ]; then
+    against=main
+  else
+    last=$(git log -1 --format=%H -- proto)
+    [ -n "$last" ] && git rev-parse --verify -q "$last^" >/dev/null && against=$(git rev-parse "$last^")
+  fi
+fi
+if [ -n "$against" ] && git cat-file -e "$against:buf.yaml" 2>/dev/null; then
+  echo "(against $against)"
+  $BUF breaking --against ".git#ref=$against"
 else
-  echo "(no main branch with contracts yet: nothing to compare against)"
+  echo "(no earlier contracts to compare with)"
 fi
 
 echo "== ruff"

@@ -58,15 +58,17 @@ class Mesh:
         """Reports NOT_SERVING, drains calls for the grace period, then releases everything."""
         await self.health.enter_graceful_shutdown()
         self._stop.set()
-        await self.server.stop(self.settings.shutdown_grace_s if grace_s is None else grace_s)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.bus.close()
-        if self._engine is not None:
-            await self._engine.dispose()  # type: ignore[attr-defined]
+        try:
+            await self.server.stop(self.settings.shutdown_grace_s if grace_s is None else grace_s)
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self.bus.close()
+        finally:
+            if self._engine is not None:
+                await self._engine.dispose()  # type: ignore[attr-defined]
 
     async def wait_for_termination(self) -> None:
         """Waits until the server stops."""

@@ -135,9 +135,11 @@ class RedisStreamsBus:
             try:
                 yield sub
             finally:
-                if self._local.subscriber_count(topic) <= 1 and topic in self._readers:
-                    self._readers.pop(topic).cancel()
+                if self._local.subscriber_count(topic) <= 1:
+                    reader = self._readers.pop(topic, None)
                     self._ready.pop(topic, None)
+                    if reader is not None:
+                        reader.cancel()
 
     async def _read(self, topic: str) -> None:
         key = self._prefix + topic
@@ -161,12 +163,15 @@ class RedisStreamsBus:
 
     async def close(self) -> None:
         """Stops the readers and closes the connection pool."""
-        for task in self._readers.values():
+        # Take the readers first: subscribers leaving while we wait below also remove their reader.
+        tasks = list(self._readers.values())
+        self._readers.clear()
+        self._ready.clear()
+        for task in tasks:
             task.cancel()
-        for task in self._readers.values():
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._readers.clear()
         await self._redis.aclose()
 
 

@@ -68,5 +68,27 @@ async def test_watch_on_one_mesh_sees_an_announce_made_through_another(
             assert seen[-1].event.revision == announced.revision
             watch.cancel()
     finally:
-        await a.stop(0)
-        await b.stop(0)
+        try:
+            await a.stop(0)
+        finally:
+            await b.stop(0)
+
+
+@pytest.mark.redis
+async def test_redis_bus_closes_cleanly_while_subscribers_are_leaving(redis_url: str) -> None:
+    bus = RedisStreamsBus(redis_url)
+    entered = asyncio.Semaphore(0)
+
+    async def hold(topic: str) -> None:
+        async with bus.subscribe(topic) as sub:
+            entered.release()
+            await sub.get()
+
+    tasks = [asyncio.create_task(hold(f"leave-{uuid.uuid4().hex}")) for _ in range(4)]
+    for _ in tasks:
+        await asyncio.wait_for(entered.acquire(), 5)
+    for task in tasks:
+        task.cancel()  # their unsubscribes run while close() awaits the readers
+    await bus.close()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
