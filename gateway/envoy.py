@@ -337,7 +337,11 @@ def _http_filters(cfg: EdgeConfig) -> list[dict[str, Any]]:
         {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder},
         # No token bucket: the filter does nothing until a route's typed_per_filter_config enables it.
         {"name": RATE_LIMIT_FILTER, "typed_config": {"@type": _T_LOCAL_RL, "stat_prefix": "edge_rl"}},
-        {"name": "envoy.filters.http.router", "typed_config": {"@type": _T_ROUTER}},
+        # An edge does not tell outsiders about its internals (x-envoy-upstream-service-time, …).
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": _T_ROUTER, "suppress_envoy_headers": True},
+        },
     ]
 
 

@@ -335,7 +335,8 @@ class RegistryService:
                 revision=old.revision if old else 0,
             )
             if provider_changed:
-                row.revision = await sink.emit(
+                row.revision = tx.revision + 1  # the revision the event below gets
+                await sink.emit(
                     ET.REGISTRY_EVENT_TYPE_PROVIDER_ANNOUNCED,
                     capability_ids=all_cap_ids,
                     grantees=shared_grantees,

@@ -34,6 +34,7 @@ async def test_every_registry_rest_path(edge: Edge) -> None:
     )
     assert r.status_code == 200, r.text
     assert r.headers["x-request-id"] == "rest-1"
+    assert not [h for h in r.headers if h.startswith("x-envoy-")]
     body = r.json()
     assert body["changed"] is True
     endpoint_id = body["endpoints"][0]["endpoint_id"]

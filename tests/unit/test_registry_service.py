@@ -74,7 +74,10 @@ async def test_announce_is_an_idempotent_upsert(svc: RegistryService) -> None:
     assert not again.changed
     assert again.revision == first.revision
     assert again.endpoints[0].endpoint_id == first.endpoints[0].endpoint_id
-    assert len(await events(svc)) == 3
+    log = await events(svc)
+    assert len(log) == 3
+    # Each event carries the resource as it is after the change, stamped with the event's revision.
+    assert [log[0].provider.revision, log[1].capability.revision, log[2].endpoint.revision] == [1, 2, 3]
 
 
 async def test_reannounce_replaces_endpoints_and_capabilities(svc: RegistryService) -> None:
