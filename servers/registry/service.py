@@ -253,6 +253,41 @@ class _EventSink:
         self.last = revision
         return revision
 
+    async def remove_endpoint(self, ep: EndpointRow, grantees: Iterable[str], reason: str) -> None:
+        """Deletes an endpoint and records its removal."""
+        await self.tx.delete_endpoint(ep.endpoint_id)
+        await self.emit(
+            ET.REGISTRY_EVENT_TYPE_ENDPOINT_REMOVED,
+            capability_ids=ep.capability_ids,
+            grantees=grantees,
+            endpoint=endpoint_message(ep),
+            reason=reason,
+        )
+
+    async def remove_capability(self, cap: CapabilityRow, reason: str) -> None:
+        """Deletes a capability and records its removal."""
+        await self.tx.delete_capability(cap.tenant_id, cap.provider_id, cap.capability_id, cap.version)
+        await self.emit(
+            ET.REGISTRY_EVENT_TYPE_CAPABILITY_REMOVED,
+            capability_ids=[cap.capability_id],
+            grantees=cap.grantees,
+            capability=capability_message(cap),
+            reason=reason,
+        )
+
+
+def _grantees(caps: Iterable[CapabilityRow]) -> list[str]:
+    """Every tenant some of these capabilities are shared with (their events concern those tenants)."""
+    return sorted({g for c in caps for g in c.grantees})
+
+
+def _provider_not_found(provider_id: str) -> NotFound:
+    return NotFound(
+        f"provider {provider_id} not found",
+        reason="PROVIDER_NOT_FOUND",
+        metadata={"provider_id": provider_id},
+    )
+
 
 class RegistryService:
     """The registry: source of truth for providers, capabilities and endpoints."""
@@ -367,14 +402,8 @@ class RegistryService:
                     grantees=grantees,
                     capability=capability_message(cap_row),
                 )
-            for key, gone in sorted(old_caps.items()):
-                await tx.delete_capability(tenant, pid, *key)
-                await sink.emit(
-                    ET.REGISTRY_EVENT_TYPE_CAPABILITY_REMOVED,
-                    capability_ids=[key[0]],
-                    grantees=gone.grantees,
-                    capability=capability_message(gone),
-                )
+            for _key, gone in sorted(old_caps.items()):
+                await sink.remove_capability(gone, "not in the latest announce")
             # Endpoints: the announce replaces the provider's endpoints.
             for eid, (spec, served, ep_msg) in sorted(ep_specs.items()):
                 prev_ep = old_eps.pop(eid, None)
@@ -411,15 +440,8 @@ class RegistryService:
                     grantees=shared_grantees,
                     endpoint=endpoint_message(ep_row, now + ttl_ms),
                 )
-            for eid, gone_ep in sorted(old_eps.items()):
-                await tx.delete_endpoint(eid)
-                await sink.emit(
-                    ET.REGISTRY_EVENT_TYPE_ENDPOINT_REMOVED,
-                    capability_ids=gone_ep.capability_ids,
-                    grantees=shared_grantees,
-                    endpoint=endpoint_message(gone_ep),
-                    reason="not in the latest announce",
-                )
+            for _eid, gone_ep in sorted(old_eps.items()):
+                await sink.remove_endpoint(gone_ep, shared_grantees, "not in the latest announce")
             changed = tx.revision != revision_before
             if changed and not provider_changed:
                 row.revision = tx.revision
@@ -476,33 +498,15 @@ class RegistryService:
         async with self.store.write() as tx:
             row = await tx.provider(tenant, req.provider_id)
             if row is None:
-                raise NotFound(
-                    f"provider {req.provider_id} not found",
-                    reason="PROVIDER_NOT_FOUND",
-                    metadata={"provider_id": req.provider_id},
-                )
+                raise _provider_not_found(req.provider_id)
             if row.state != WITHDRAWN:
                 sink = _EventSink(tx, ctx, tenant, req.provider_id, now)
                 caps = await tx.capabilities_of(tenant, req.provider_id)
-                grantees = sorted({g for c in caps for g in c.grantees})
+                grantees = _grantees(caps)
                 for ep in await tx.endpoints_of(tenant, req.provider_id):
-                    await tx.delete_endpoint(ep.endpoint_id)
-                    await sink.emit(
-                        ET.REGISTRY_EVENT_TYPE_ENDPOINT_REMOVED,
-                        capability_ids=ep.capability_ids,
-                        grantees=grantees,
-                        endpoint=endpoint_message(ep),
-                        reason="provider withdrew",
-                    )
+                    await sink.remove_endpoint(ep, grantees, "provider withdrew")
                 for cap in caps:
-                    await tx.delete_capability(tenant, req.provider_id, cap.capability_id, cap.version)
-                    await sink.emit(
-                        ET.REGISTRY_EVENT_TYPE_CAPABILITY_REMOVED,
-                        capability_ids=[cap.capability_id],
-                        grantees=cap.grantees,
-                        capability=capability_message(cap),
-                        reason="provider withdrew",
-                    )
+                    await sink.remove_capability(cap, "provider withdrew")
                 row.state = WITHDRAWN
                 row.updated_ms = now
                 row.revision = tx.revision + 1
@@ -534,11 +538,7 @@ class RegistryService:
         async with self.store.write() as tx:
             row = await tx.provider(tenant, req.provider_id)
             if row is None:
-                raise NotFound(
-                    f"provider {req.provider_id} not found",
-                    reason="PROVIDER_NOT_FOUND",
-                    metadata={"provider_id": req.provider_id},
-                )
+                raise _provider_not_found(req.provider_id)
             if row.state == WITHDRAWN:
                 raise FailedPrecondition(
                     f"provider {req.provider_id} withdrew; announce it again instead of renewing",
@@ -551,7 +551,7 @@ class RegistryService:
             if row.state == EXPIRED:
                 sink = _EventSink(tx, ctx, tenant, req.provider_id, now)
                 caps = await tx.capabilities_of(tenant, req.provider_id)
-                grantees = sorted({g for c in caps for g in c.grantees})
+                grantees = _grantees(caps)
                 for ep in await tx.endpoints_of(tenant, req.provider_id):
                     if ep.health == STALE:
                         revision = await sink.emit(
@@ -594,7 +594,7 @@ class RegistryService:
             for row in await tx.expired_providers(now, tenant_id, provider_id):
                 sink = _EventSink(tx, ctx, row.tenant_id, row.provider_id, now)
                 caps = await tx.capabilities_of(row.tenant_id, row.provider_id)
-                grantees = sorted({g for c in caps for g in c.grantees})
+                grantees = _grantees(caps)
                 for ep in await tx.endpoints_of(row.tenant_id, row.provider_id):
                     if ep.health in (STALE, OFFLINE):
                         continue
@@ -639,11 +639,7 @@ class RegistryService:
         v.text(req.provider_id, "provider_id", max_len=255)
         v.raise_if_any("invalid refresh")
         if req.provider_id and await self.store.provider(tenant, req.provider_id) is None:
-            raise NotFound(
-                f"provider {req.provider_id} not found",
-                reason="PROVIDER_NOT_FOUND",
-                metadata={"provider_id": req.provider_id},
-            )
+            raise _provider_not_found(req.provider_id)
         revision, providers, endpoints = await self.expire_leases(
             ctx, tenant_id=tenant, provider_id=req.provider_id
         )
@@ -682,7 +678,7 @@ class RegistryService:
                 revision = await sink.emit(
                     ET.REGISTRY_EVENT_TYPE_ENDPOINT_HEALTH_CHANGED,
                     capability_ids=ep.capability_ids,
-                    grantees=sorted({g for c in caps for g in c.grantees}),
+                    grantees=_grantees(caps),
                     previous_health=ep.health,
                     reason=reason,
                     endpoint=msg,
@@ -717,11 +713,7 @@ class RegistryService:
         v.raise_if_any("invalid request")
         found = await self.store.provider_detail(tenant, req.provider_id)
         if found is None:
-            raise NotFound(
-                f"provider {req.provider_id} not found",
-                reason="PROVIDER_NOT_FOUND",
-                metadata={"provider_id": req.provider_id},
-            )
+            raise _provider_not_found(req.provider_id)
         row, caps, eps = found
         return rs.GetProviderResponse(
             provider=provider_message(row),
