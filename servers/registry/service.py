@@ -253,6 +253,27 @@ class _EventSink:
         self.last = revision
         return revision
 
+    async def change_health(self, ep: EndpointRow, health: int, reason: str, grantees: Iterable[str]) -> None:
+        """Moves an endpoint to another health state and records the change.
+
+        The stored reason explains a non-healthy state; a healthy endpoint keeps none (the event keeps it).
+        """
+        stored_reason = "" if health == HEALTHY else reason
+        msg = endpoint_message(ep)
+        msg.health = health  # type: ignore[assignment]
+        msg.health_reason = stored_reason
+        msg.health_change_time.CopyFrom(_ts(self.now_ms))
+        msg.revision = self.tx.revision + 1
+        revision = await self.emit(
+            ET.REGISTRY_EVENT_TYPE_ENDPOINT_HEALTH_CHANGED,
+            capability_ids=ep.capability_ids,
+            grantees=grantees,
+            previous_health=ep.health,
+            reason=reason,
+            endpoint=msg,
+        )
+        await self.tx.set_health(ep.endpoint_id, health, stored_reason, self.now_ms, revision)
+
     async def remove_endpoint(self, ep: EndpointRow, grantees: Iterable[str], reason: str) -> None:
         """Deletes an endpoint and records its removal."""
         await self.tx.delete_endpoint(ep.endpoint_id)
@@ -409,15 +430,9 @@ class RegistryService:
                 prev_ep = old_eps.pop(eid, None)
                 if prev_ep is not None and prev_ep.spec == spec and prev_ep.capability_ids == served:
                     if prev_ep.health in CLEARED_BY_ANNOUNCE:
-                        revision = await sink.emit(
-                            ET.REGISTRY_EVENT_TYPE_ENDPOINT_HEALTH_CHANGED,
-                            capability_ids=served,
-                            grantees=shared_grantees,
-                            previous_health=prev_ep.health,
-                            reason="provider announced again",
-                            endpoint=self._healthy_copy(prev_ep, now, sink.tx.revision + 1),
+                        await sink.change_health(
+                            prev_ep, HEALTHY, "provider announced again", shared_grantees
                         )
-                        await tx.set_health(eid, HEALTHY, "", now, revision)
                     continue
                 ep_row = EndpointRow(
                     endpoint_id=eid,
@@ -461,15 +476,6 @@ class RegistryService:
             changed=changed,
             revision=final_revision,
         )
-
-    @staticmethod
-    def _healthy_copy(row: EndpointRow, now: int, revision: int) -> endpoint_pb2.Endpoint:
-        msg = endpoint_message(row)
-        msg.health = HEALTHY
-        msg.health_reason = ""
-        msg.health_change_time.CopyFrom(_ts(now))
-        msg.revision = revision
-        return msg
 
     @staticmethod
     def _capabilities_with_endpoints(
@@ -554,15 +560,7 @@ class RegistryService:
                 grantees = _grantees(caps)
                 for ep in await tx.endpoints_of(tenant, req.provider_id):
                     if ep.health == STALE:
-                        revision = await sink.emit(
-                            ET.REGISTRY_EVENT_TYPE_ENDPOINT_HEALTH_CHANGED,
-                            capability_ids=ep.capability_ids,
-                            grantees=grantees,
-                            previous_health=STALE,
-                            reason="lease renewed",
-                            endpoint=self._healthy_copy(ep, now, tx.revision + 1),
-                        )
-                        await tx.set_health(ep.endpoint_id, HEALTHY, "", now, revision)
+                        await sink.change_health(ep, HEALTHY, "lease renewed", grantees)
                 row.state = ACTIVE
                 row.updated_ms = now
                 row.revision = tx.revision + 1
@@ -598,19 +596,7 @@ class RegistryService:
                 for ep in await tx.endpoints_of(row.tenant_id, row.provider_id):
                     if ep.health in (STALE, OFFLINE):
                         continue
-                    msg = endpoint_message(ep)
-                    msg.health = STALE
-                    msg.health_reason = "lease expired"
-                    msg.revision = tx.revision + 1
-                    revision = await sink.emit(
-                        ET.REGISTRY_EVENT_TYPE_ENDPOINT_HEALTH_CHANGED,
-                        capability_ids=ep.capability_ids,
-                        grantees=grantees,
-                        previous_health=ep.health,
-                        reason="lease expired",
-                        endpoint=msg,
-                    )
-                    await tx.set_health(ep.endpoint_id, STALE, "lease expired", now, revision)
+                    await sink.change_health(ep, STALE, "lease expired", grantees)
                     endpoints += 1
                 row.state = EXPIRED
                 row.updated_ms = now
@@ -670,20 +656,7 @@ class RegistryService:
             if ep.health != OFFLINE:
                 caps = await tx.capabilities_of(tenant, ep.provider_id)
                 sink = _EventSink(tx, ctx, tenant, ep.provider_id, now)
-                msg = endpoint_message(ep)
-                msg.health = OFFLINE
-                msg.health_reason = reason
-                msg.health_change_time.CopyFrom(_ts(now))
-                msg.revision = tx.revision + 1
-                revision = await sink.emit(
-                    ET.REGISTRY_EVENT_TYPE_ENDPOINT_HEALTH_CHANGED,
-                    capability_ids=ep.capability_ids,
-                    grantees=_grantees(caps),
-                    previous_health=ep.health,
-                    reason=reason,
-                    endpoint=msg,
-                )
-                await tx.set_health(ep.endpoint_id, OFFLINE, reason, now, revision)
+                await sink.change_health(ep, OFFLINE, reason, _grantees(caps))
             updated = await tx.endpoint(req.endpoint_id)
             revision = tx.revision
             changed = tx.changed
