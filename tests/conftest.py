@@ -62,6 +62,15 @@ def _drop_schema(schema: str) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+def _pg_schema() -> Iterator[str]:
+    """Yields the URL of a fresh schema of the test PostgreSQL, dropped afterwards."""
+    if not PG_URL:
+        _skip_or_fail("POWERX_TEST_DATABASE_URL is not set")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield _pg_schema_url(schema)
+    _drop_schema(schema)
+
+
 DB_PARAMS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
@@ -71,21 +80,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'mesh.db'}"
         return
-    if not PG_URL:
-        _skip_or_fail("POWERX_TEST_DATABASE_URL is not set")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    yield _pg_schema_url(schema)
-    _drop_schema(schema)
+    yield from _pg_schema()
 
 
 @pytest.fixture
 def pg_database_url() -> Iterator[str]:
     """A fresh PostgreSQL schema (for tests that need a server shared by several processes)."""
-    if not PG_URL:
-        _skip_or_fail("POWERX_TEST_DATABASE_URL is not set")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    yield _pg_schema_url(schema)
-    _drop_schema(schema)
+    yield from _pg_schema()
 
 
 @pytest.fixture

@@ -274,6 +274,22 @@ class _EventSink:
         )
         await self.tx.set_health(ep.endpoint_id, health, stored_reason, self.now_ms, revision)
 
+    async def change_provider_state(
+        self, row: ProviderRow, state: int, etype: int, caps: list[CapabilityRow], reason: str
+    ) -> None:
+        """Moves a provider to another lifecycle state, records the change and stores the row."""
+        row.state = state
+        row.updated_ms = self.now_ms
+        row.revision = self.tx.revision + 1  # the revision the event below gets
+        await self.emit(
+            etype,
+            capability_ids=[c.capability_id for c in caps],
+            grantees=_grantees(caps),
+            provider=provider_message(row),
+            reason=reason,
+        )
+        await self.tx.put_provider(row)
+
     async def remove_endpoint(self, ep: EndpointRow, grantees: Iterable[str], reason: str) -> None:
         """Deletes an endpoint and records its removal."""
         await self.tx.delete_endpoint(ep.endpoint_id)
@@ -374,7 +390,7 @@ class RegistryService:
             provider_changed = (
                 old is None
                 or old.state != ACTIVE
-                or _provider_spec(provider_pb2.Provider.FromString(old.spec)) != provider_spec
+                or old.spec != provider_spec  # stored spec is this same canonical serialization
             )
             revision_before = tx.revision
             shared_grantees = sorted({g for _, grantees, _ in cap_specs.values() for g in grantees})
@@ -513,18 +529,10 @@ class RegistryService:
                     await sink.remove_endpoint(ep, grantees, "provider withdrew")
                 for cap in caps:
                     await sink.remove_capability(cap, "provider withdrew")
-                row.state = WITHDRAWN
-                row.updated_ms = now
-                row.revision = tx.revision + 1
                 row.manifest_digest = ""
-                await sink.emit(
-                    ET.REGISTRY_EVENT_TYPE_PROVIDER_WITHDRAWN,
-                    capability_ids=[c.capability_id for c in caps],
-                    grantees=grantees,
-                    provider=provider_message(row),
-                    reason=req.reason,
+                await sink.change_provider_state(
+                    row, WITHDRAWN, ET.REGISTRY_EVENT_TYPE_PROVIDER_WITHDRAWN, caps, req.reason
                 )
-                await tx.put_provider(row)
             revision = tx.revision
             changed = tx.changed
         if changed:
@@ -561,17 +569,11 @@ class RegistryService:
                 for ep in await tx.endpoints_of(tenant, req.provider_id):
                     if ep.health == STALE:
                         await sink.change_health(ep, HEALTHY, "lease renewed", grantees)
-                row.state = ACTIVE
-                row.updated_ms = now
-                row.revision = tx.revision + 1
-                await sink.emit(
-                    ET.REGISTRY_EVENT_TYPE_PROVIDER_ANNOUNCED,
-                    capability_ids=[c.capability_id for c in caps],
-                    grantees=grantees,
-                    provider=provider_message(row),
-                    reason="lease renewed",
+                await sink.change_provider_state(
+                    row, ACTIVE, ET.REGISTRY_EVENT_TYPE_PROVIDER_ANNOUNCED, caps, "lease renewed"
                 )
-            await tx.put_provider(row)
+            else:
+                await tx.put_provider(row)  # only the lease moved: not a catalog change
             revision = tx.revision
             changed = tx.changed
         if changed:
@@ -598,17 +600,9 @@ class RegistryService:
                         continue
                     await sink.change_health(ep, STALE, "lease expired", grantees)
                     endpoints += 1
-                row.state = EXPIRED
-                row.updated_ms = now
-                row.revision = tx.revision + 1
-                await sink.emit(
-                    ET.REGISTRY_EVENT_TYPE_PROVIDER_EXPIRED,
-                    capability_ids=[c.capability_id for c in caps],
-                    grantees=grantees,
-                    provider=provider_message(row),
-                    reason="lease expired",
+                await sink.change_provider_state(
+                    row, EXPIRED, ET.REGISTRY_EVENT_TYPE_PROVIDER_EXPIRED, caps, "lease expired"
                 )
-                await tx.put_provider(row)
                 providers += 1
             revision = tx.revision
         if providers:
@@ -629,7 +623,8 @@ class RegistryService:
         revision, providers, endpoints = await self.expire_leases(
             ctx, tenant_id=tenant, provider_id=req.provider_id
         )
-        await self._published(revision)
+        if not providers:  # expire_leases published already when it expired something
+            await self._published(revision)
         return rs.RefreshRegistryResponse(
             revision=revision, expired_provider_count=providers, stale_endpoint_count=endpoints
         )
