@@ -4,18 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
 
 from powerx.agent.v1 import agent_service_pb2, agent_service_pb2_grpc
+from powerx.common.v1 import common_pb2
 from powerx.connector.v1 import connector_service_pb2, connector_service_pb2_grpc
 from powerx.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from powerx.router.v1 import router_service_pb2, router_service_pb2_grpc
+from router.audit import AuditLog
+from router.health import HealthMonitor, default_rules, parse_rule
+from router.metrics import RouterMetrics
+from router.outlier import OutlierConfig, StatsTable
+from router.service import RouterConfig, RouterService
+from router.servicer import RouterServicer
+from router.snapshot import RouteSnapshot, SnapshotFollower
+from router.transports.agent import AgentTransport
+from router.transports.base import Transport
+from router.transports.grpc import GrpcTransport
+from router.transports.http import HttpTransport
+from router.transports.mcp import McpTransport
 from servers.common.bus import EventBus, make_bus
+from servers.common.context import CallContext
 from servers.common.db import create_engine, migrate
 from servers.common.interceptor import ContextInterceptor
 from servers.common.settings import Settings
@@ -25,6 +41,27 @@ from servers.registry.servicer import RegistryServicer
 from servers.registry.store import RegistryStore
 
 log = logging.getLogger("powerx.mesh")
+
+
+def _router_config(settings: Settings) -> RouterConfig:
+    config = RouterConfig(default_timeout_s=settings.router_default_timeout_s)
+    if settings.route_token_secret:
+        # Shared by every mesh process, so a token from one is accepted by the others.
+        config = dataclasses.replace(config, route_token_secret=settings.route_token_secret.encode())
+    return config
+
+
+def _outlier_config(spec: str) -> OutlierConfig:
+    """OutlierConfig with overrides from `consecutive_failures=5,base_ejection_s=30,…`."""
+    values: dict[str, float | int] = {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        name, _, raw = item.partition("=")
+        name = name.strip()
+        if name not in OutlierConfig.__dataclass_fields__:
+            raise ValueError(f"unknown POWERX_OUTLIER field {name!r}")
+        values[name] = int(raw) if name == "consecutive_failures" else float(raw)
+    return OutlierConfig(**values)  # type: ignore[arg-type]
+
 
 SERVICE_NAMES = (
     registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
@@ -44,6 +81,11 @@ class Mesh:
     health: health.aio.HealthServicer
     bus: EventBus
     registry: RegistryService
+    router: RouterService
+    metrics: CollectorRegistry
+    transports: dict[int, Transport]
+    monitor: HealthMonitor | None = None
+    audit: AuditLog | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _engine: object = None
@@ -65,6 +107,11 @@ class Mesh:
             for task in self._tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if self.audit is not None:
+                await self.audit.close()
+            for transport in self.transports.values():
+                with contextlib.suppress(Exception):
+                    await transport.close()
             await self.bus.close()
         finally:
             if self._engine is not None:
@@ -99,14 +146,30 @@ async def start_mesh(settings: Settings) -> Mesh:
         ],
     )
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry), server)
-    router_service_pb2_grpc.add_RouterServiceServicer_to_server(
-        unimplemented_servicer(
-            router_service_pb2_grpc.RouterServiceServicer,
-            router_service_pb2.DESCRIPTOR.services_by_name["RouterService"],
-            "it arrives with the router work (policy routing and invocation)",
-        ),
-        server,
+    snapshot = RouteSnapshot()
+    follower = SnapshotFollower(
+        registry.store, bus, snapshot, poll_s=max(settings.watch_poll_interval_s, 0.5)
     )
+    registry.commit_listeners.append(follower.notify)
+    await follower.start()
+    transports: dict[int, Transport] = {
+        common_pb2.TRANSPORT_GRPC: GrpcTransport(),
+        common_pb2.TRANSPORT_HTTP: HttpTransport(),
+        common_pb2.TRANSPORT_MCP: McpTransport(),
+        common_pb2.TRANSPORT_AGENT: AgentTransport(),
+    }
+    metrics_registry = CollectorRegistry()
+    audit = AuditLog(engine)
+    router = RouterService(
+        snapshot,
+        follower,
+        transports=transports,
+        stats=StatsTable(_outlier_config(settings.outlier)),
+        metrics=RouterMetrics(metrics_registry, snapshot),
+        audit=audit,
+        config=_router_config(settings),
+    )
+    router_service_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(router), server)
     agent_service_pb2_grpc.add_AgentServiceServicer_to_server(
         unimplemented_servicer(
             agent_service_pb2_grpc.AgentServiceServicer,
@@ -136,14 +199,46 @@ async def start_mesh(settings: Settings) -> Mesh:
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     mesh = Mesh(
-        settings=settings, server=server, port=port, health=health_servicer, bus=bus, registry=registry
+        settings=settings,
+        server=server,
+        port=port,
+        health=health_servicer,
+        bus=bus,
+        registry=registry,
+        router=router,
+        metrics=metrics_registry,
+        transports=transports,
+        audit=audit,
     )
     mesh._engine = engine
+    audit.start()
     mesh._tasks.append(
         asyncio.create_task(
             lease_sweeper(registry, settings.lease_sweep_interval_s, mesh._stop), name="lease-sweeper"
         )
     )
+    mesh._tasks.append(asyncio.create_task(follower.run(mesh._stop), name="route-snapshot"))
+    if settings.health_monitor:
+        rules = default_rules()
+        names = {
+            "grpc": common_pb2.TRANSPORT_GRPC,
+            "http": common_pb2.TRANSPORT_HTTP,
+            "mcp": common_pb2.TRANSPORT_MCP,
+            "agent": common_pb2.TRANSPORT_AGENT,
+        }
+        for name, spec in settings.health_rules:
+            rules[names[name]] = parse_rule(rules[names[name]], spec)
+
+        async def set_health(
+            endpoint_id: str, health_state: int, reason: str, ctx: CallContext, seen: int
+        ) -> bool:
+            return await registry.set_endpoint_health(endpoint_id, health_state, reason, ctx, expected=seen)
+
+        mesh.monitor = HealthMonitor(snapshot, transports, set_health, rules)
+        mesh._tasks.append(asyncio.create_task(mesh.monitor.run(mesh._stop), name="health-monitor"))
+    if settings.metrics_address:
+        host, _, mport = settings.metrics_address.rpartition(":")
+        start_http_server(int(mport), addr=host or "127.0.0.1", registry=metrics_registry)
     log.info(
         "mesh serving",
         extra={"grpc": mesh.address, "database": engine.dialect.name, "bus": type(bus).__name__},

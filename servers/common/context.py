@@ -19,6 +19,10 @@ TENANT_HEADER = "x-tenant-id"
 REQUEST_ID_HEADER = "x-request-id"
 TRACEPARENT_HEADER = "traceparent"
 PRINCIPAL_HEADER = "x-principal"
+# Until authentication lands (production posture work), the caller's scopes arrive in this header,
+# space- or comma-separated, and are trusted like the principal.
+SCOPES_HEADER = "x-scopes"
+_SCOPE = re.compile(r"^[A-Za-z0-9._:*-]{1,128}$")
 
 
 @dataclass(frozen=True)
@@ -100,9 +104,11 @@ def from_metadata(metadata: Iterable[tuple[str, str | bytes]], time_remaining: f
         trace_id = secrets.token_hex(16)
     span_id = secrets.token_hex(8)
     deadline = None if time_remaining is None else time.monotonic() + time_remaining
+    scopes = frozenset(s for s in md.get(SCOPES_HEADER, "").replace(",", " ").split()[:64] if _SCOPE.match(s))
     return CallContext(
         tenant_id=md.get(TENANT_HEADER, "").strip(),
         principal=md.get(PRINCIPAL_HEADER, "anonymous").strip() or "anonymous",
+        scopes=scopes,
         request_id=request_id,
         trace_id=trace_id,
         span_id=span_id,

@@ -108,9 +108,20 @@ class ResourceExhausted(MeshError):
 
 
 class Unavailable(MeshError):
-    """A dependency is down; the call may be retried."""
+    """A dependency is down; the call may be retried (after `retry_after_s` when known)."""
 
     default_reason = "UNAVAILABLE"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_s: float = 0.0,
+        reason: str = "",
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after_s = retry_after_s
 
 
 class DeadlineExceeded(MeshError):
@@ -175,7 +186,7 @@ def to_status(exc: MeshError, domain: str) -> status_pb2.Status:
                 )
             )
         )
-    if isinstance(exc, ResourceExhausted):
+    if isinstance(exc, ResourceExhausted | Unavailable) and exc.retry_after_s > 0:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(exc.retry_after_s * 1e9))
         status.details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))

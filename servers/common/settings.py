@@ -49,6 +49,14 @@ class Settings:
     edge_max_body_bytes: int = 4 * 1024 * 1024
     shutdown_grace_s: float = 5.0
     watch_poll_interval_s: float = 1.0
+    metrics_address: str = ""
+    router_default_timeout_s: float = 30.0
+    route_token_secret: str = ""
+    health_monitor: bool = True
+    # Per transport (grpc, http, mcp, agent): overrides of the probe rule, `interval_s=5,warn_after=3`.
+    health_rules: tuple[tuple[str, str], ...] = ()
+    # Passive outlier detection: `consecutive_failures=5,base_ejection_s=30,max_ejection_s=300,…`.
+    outlier: str = ""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -68,6 +76,18 @@ class Settings:
             edge_max_body_bytes=_env_int("POWERX_EDGE_MAX_BODY_BYTES", cls.edge_max_body_bytes),
             shutdown_grace_s=_env_float("POWERX_SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
             watch_poll_interval_s=_env_float("POWERX_WATCH_POLL_INTERVAL_S", cls.watch_poll_interval_s),
+            metrics_address=_env("POWERX_METRICS_ADDRESS", ""),
+            router_default_timeout_s=_env_float(
+                "POWERX_ROUTER_DEFAULT_TIMEOUT_S", cls.router_default_timeout_s
+            ),
+            route_token_secret=_env("POWERX_ROUTE_TOKEN_SECRET", ""),
+            health_monitor=_env("POWERX_HEALTH_MONITOR", "1") not in ("0", "false", "off"),
+            health_rules=tuple(
+                (t, os.environ[f"POWERX_HEALTH_{t.upper()}"].strip())
+                for t in ("grpc", "http", "mcp", "agent")
+                if os.environ.get(f"POWERX_HEALTH_{t.upper()}", "").strip()
+            ),
+            outlier=_env("POWERX_OUTLIER", ""),
         )
 
     @property

@@ -28,7 +28,7 @@ from powerx.registry.v1 import (
 )
 from servers.common.bus import EventBus
 from servers.common.context import CallContext, valid_tenant
-from servers.common.errors import FailedPrecondition, InvalidArgument, NotFound, TenantRequired, Unimplemented
+from servers.common.errors import FailedPrecondition, InvalidArgument, NotFound, TenantRequired
 from servers.common.validate import Violations, next_page_token, page_request, semver_key
 from servers.registry import validation
 from servers.registry.store import (
@@ -182,6 +182,9 @@ def _endpoint_spec(e: endpoint_pb2.Endpoint) -> bytes:
 def endpoint_message(row: EndpointRow, lease_expires_ms: int = 0) -> endpoint_pb2.Endpoint:
     """The API view of a stored endpoint."""
     e = endpoint_pb2.Endpoint.FromString(row.spec)
+    if row.capability_ids:  # what it serves (an announce may leave the list empty, meaning "all")
+        e.ClearField("capability_ids")
+        e.capability_ids.extend(row.capability_ids)
     e.endpoint_id = row.endpoint_id
     e.provider_id = row.provider_id
     e.tenant_id = row.tenant_id
@@ -343,8 +346,13 @@ class RegistryService:
         self.default_lease_ms = int(default_lease_ttl_s * 1000)
         self.watch_poll_interval_s = watch_poll_interval_s
         self.clock_ms = clock_ms
+        # Called with each committed revision, before the bus hears of it: lets a route cache in this
+        # process know at once that it is behind (read-your-writes for announce then invoke).
+        self.commit_listeners: list[Callable[[int], None]] = []
 
     async def _published(self, revision: int) -> None:
+        for listener in self.commit_listeners:
+            listener(revision)
         if revision:
             try:
                 await self.bus.publish(REVISION_TOPIC, str(revision).encode())
@@ -660,16 +668,52 @@ class RegistryService:
         assert updated is not None
         return rs.DeleteEndpointResponse(endpoint=endpoint_message(updated), revision=revision)
 
+    async def set_endpoint_health(
+        self, endpoint_id: str, health: int, reason: str, ctx: CallContext, *, expected: int = 0
+    ) -> bool:
+        """Records a health verdict of the monitor; returns whether the state changed.
+
+        Args:
+            endpoint_id: The endpoint probed.
+            health: Its new state.
+            reason: Why (shown in the registry and in the event).
+            ctx: The monitor's context.
+            expected: When set, change only if the stored state is still this one (a concurrent
+                announce, expiry or forced offline wins over a probe verdict made before it).
+        """
+        now = self.clock_ms()
+        async with self.store.write() as tx:
+            ep = await tx.endpoint(endpoint_id)
+            if ep is None or ep.health == health or ep.health in (OFFLINE, STALE):
+                return False
+            if expected and ep.health != expected:
+                return False
+            caps = await tx.capabilities_of(ep.tenant_id, ep.provider_id)
+            sink = _EventSink(tx, ctx, ep.tenant_id, ep.provider_id, now)
+            await sink.change_health(ep, health, reason[:500], _grantees(caps))
+            revision = tx.revision
+        log.info(
+            "endpoint health changed",
+            extra={
+                "endpoint_id": endpoint_id,
+                "health": common_pb2.HealthState.Name(health),
+                "reason": reason,
+            },
+        )
+        await self._published(revision)
+        return True
+
     async def import_mcp_server(
         self, req: rs.ImportMcpServerRequest, ctx: CallContext
     ) -> rs.ImportMcpServerResponse:
-        """Imports an MCP server's tools as capabilities (arrives with the router work)."""
-        require_tenant(ctx)
-        raise Unimplemented(
-            "ImportMcpServer is part of the contract but not served yet: "
-            "it arrives with the router's MCP transport",
-            metadata={"method": "powerx.registry.v1.RegistryService/ImportMcpServer"},
-        )
+        """Discovers an MCP server and announces it as a provider with one capability per tool.
+
+        Idempotent, and a re-import replaces the provider's whole state (announce semantics); see
+        servers.registry.mcp_import for the mapping and the errors.
+        """
+        from servers.registry.mcp_import import import_mcp_server as _import  # noqa: PLC0415 (import cycle)
+
+        return await _import(self, req, ctx)
 
     # ---- reads ---------------------------------------------------------------------------------------
 

@@ -572,3 +572,60 @@ class RegistryStore:
         async with self.engine.connect() as conn:
             value = (await conn.execute(q)).scalar()
         return int(value) if value is not None else revision
+
+    async def route_state(self) -> tuple[int, list[CapabilityRow], list[EndpointRow]]:
+        """Every capability (with grantees) and endpoint of every tenant, and the revision read first.
+
+        Changes that commit while this reads are replayed by the caller from the returned revision on:
+        events carry whole states, so replaying them over a newer state converges.
+        """
+        async with self.engine.connect() as conn:
+            revision = int(
+                (await conn.execute(sa.select(state_t.c.revision).where(state_t.c.id == 1))).scalar_one()
+            )
+            grants: dict[tuple[str, str, str, str], list[str]] = {}
+            for g in (await conn.execute(sa.select(grants_t))).all():
+                grants.setdefault((g.tenant_id, g.provider_id, g.capability_id, g.version), []).append(
+                    g.grantee
+                )
+            caps = [
+                CapabilityRow(
+                    **r._mapping,
+                    grantees=tuple(
+                        sorted(grants.get((r.tenant_id, r.provider_id, r.capability_id, r.version), []))
+                    ),
+                )
+                for r in (await conn.execute(sa.select(caps_t))).all()
+            ]
+            links: dict[str, list[str]] = {}
+            for link in (await conn.execute(sa.select(ep_caps_t))).all():
+                links.setdefault(link.endpoint_id, []).append(link.capability_id)
+            eps = [
+                EndpointRow(**r._mapping, capability_ids=tuple(sorted(links.get(r.endpoint_id, []))))
+                for r in (await conn.execute(sa.select(endpoints_t))).all()
+            ]
+        return revision, caps, eps
+
+    async def all_events_after(self, revision: int, limit: int = 1000) -> list[EventRow]:
+        """Events of every tenant after `revision`, in order (for route caches, never for callers)."""
+        q = (
+            sa.select(events_t)
+            .where(events_t.c.revision > revision)
+            .order_by(events_t.c.revision)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [
+            EventRow(
+                revision=r.revision,
+                tenant_id=r.tenant_id,
+                provider_id=r.provider_id,
+                type=r.type,
+                capability_ids=_split(r.capability_ids),
+                grantees=_split(r.grantees),
+                payload=r.payload,
+                created_ms=r.created_ms,
+            )
+            for r in rows
+        ]

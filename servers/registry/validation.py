@@ -134,6 +134,33 @@ def _check_capability(cap: capability_pb2.Capability, field: str, v: Violations)
             size = len(json.dumps(json_format.MessageToDict(getattr(cap, name))))
             v.check(size <= MAX_SCHEMA_BYTES, f"{field}.{name}", f"is larger than {MAX_SCHEMA_BYTES} bytes")
     v.check(not cap.endpoints, f"{field}.endpoints", "is output only; declare endpoints in `endpoints`")
+    if cap.HasField("routing"):
+        _check_routing(cap.routing, f"{field}.routing", v)
+
+
+def _check_routing(r: capability_pb2.RoutingPolicy, field: str, v: Violations) -> None:
+    for name in ("health_weight", "latency_weight", "cost_weight", "region_weight"):
+        value = getattr(r, name)
+        v.check(math.isfinite(value) and 0 <= value <= 1, f"{field}.{name}", "must be between 0 and 1")
+    v.check(
+        math.isfinite(r.candidate_margin) and 0 <= r.candidate_margin <= 1,
+        f"{field}.candidate_margin",
+        "must be between 0 and 1",
+    )
+    v.check(
+        math.isfinite(r.panic_threshold) and r.panic_threshold <= 1,
+        f"{field}.panic_threshold",
+        "must be at most 1 (negative disables panic mode)",
+    )
+    v.check(0 <= r.max_attempts <= 10, f"{field}.max_attempts", "must be between 0 and 10")
+    seen: set[int] = set()
+    for i, t in enumerate(r.transport_order):
+        v.check(
+            t in TRANSPORT_NAMES and t not in seen,
+            f"{field}.transport_order[{i}]",
+            "must be a known transport, listed once",
+        )
+        seen.add(t)
 
 
 def _check_endpoint(ep: endpoint_pb2.Endpoint, field: str, cap_ids: set[str], v: Violations) -> None:

@@ -61,7 +61,7 @@ def test_powerx_migrate_creates_the_schema(
     monkeypatch.setenv("POWERX_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("POWERX_DATABASE_URL", raising=False)
     assert cli.main(["migrate"]) == 0
-    assert "0001_registry" in capsys.readouterr().out
+    assert "0002_router_audit" in capsys.readouterr().out  # the latest migration
     assert (tmp_path / "data" / "mesh.db").exists()
     assert cli.main(["migrate"]) == 0  # idempotent
 

@@ -51,7 +51,6 @@ async def test_reflection_lists_every_service(channel: grpc.aio.Channel) -> None
 @pytest.mark.parametrize(
     ("service", "method", "request_type"),
     [
-        ("powerx.router.v1.RouterService", "Invoke", "powerx.router.v1.InvokeRequest"),
         ("powerx.agent.v1.AgentService", "ListAgents", "powerx.agent.v1.ListAgentsRequest"),
         (
             "powerx.connector.v1.ConnectorService",

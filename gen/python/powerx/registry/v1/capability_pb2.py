@@ -25,10 +25,11 @@ _sym_db = _symbol_database.Default()
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from powerx.common.v1 import common_pb2 as powerx_dot_common_dot_v1_dot_common__pb2
 from powerx.registry.v1 import endpoint_pb2 as powerx_dot_registry_dot_v1_dot_endpoint__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#powerx/registry/v1/capability.proto\x12\x12powerx.registry.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!powerx/registry/v1/endpoint.proto\"\xed\x05\n\nCapability\x12\x1b\n\rcapability_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07version\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bprovider_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\ttenant_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\rtenant_scopes\x18\x05 \x03(\t\x12\x14\n\x0c\x64isplay_name\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\x38\n\x08security\x18\x08 \x01(\x0b\x32&.powerx.registry.v1.CapabilitySecurity\x12-\n\x0cinput_schema\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\routput_schema\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nidempotent\x18\x0b \x01(\x08\x12\x11\n\tstreaming\x18\x0c \x01(\x08\x12\x0c\n\x04\x63ost\x18\r \x01(\x01\x12?\n\robservability\x18\x0e \x01(\x0b\x32(.powerx.registry.v1.ObservabilityOptions\x12:\n\x06labels\x18\x0f \x03(\x0b\x32*.powerx.registry.v1.Capability.LabelsEntry\x12\x35\n\tendpoints\x18\x10 \x03(\x0b\x32\x1c.powerx.registry.v1.EndpointB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x16\n\x08revision\x18\x13 \x01(\x03\x42\x04\xe2\x41\x01\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x12\x43\x61pabilitySecurity\x12\r\n\x05scope\x18\x01 \x01(\t\x12\x15\n\rmasked_fields\x18\x02 \x03(\t\"8\n\x14ObservabilityOptions\x12\x0f\n\x07tracing\x18\x01 \x01(\x08\x12\x0f\n\x07metrics\x18\x02 \x01(\x08\x42=Z;github.com/powerx/mesh/gen/go/powerx/registry/v1;registryv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#powerx/registry/v1/capability.proto\x12\x12powerx.registry.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dpowerx/common/v1/common.proto\x1a!powerx/registry/v1/endpoint.proto\"\xa1\x06\n\nCapability\x12\x1b\n\rcapability_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07version\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bprovider_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\ttenant_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\rtenant_scopes\x18\x05 \x03(\t\x12\x14\n\x0c\x64isplay_name\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\x38\n\x08security\x18\x08 \x01(\x0b\x32&.powerx.registry.v1.CapabilitySecurity\x12-\n\x0cinput_schema\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\routput_schema\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nidempotent\x18\x0b \x01(\x08\x12\x11\n\tstreaming\x18\x0c \x01(\x08\x12\x0c\n\x04\x63ost\x18\r \x01(\x01\x12?\n\robservability\x18\x0e \x01(\x0b\x32(.powerx.registry.v1.ObservabilityOptions\x12:\n\x06labels\x18\x0f \x03(\x0b\x32*.powerx.registry.v1.Capability.LabelsEntry\x12\x35\n\tendpoints\x18\x10 \x03(\x0b\x32\x1c.powerx.registry.v1.EndpointB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x16\n\x08revision\x18\x13 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x32\n\x07routing\x18\x14 \x01(\x0b\x32!.powerx.registry.v1.RoutingPolicy\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe9\x01\n\rRoutingPolicy\x12\x15\n\rhealth_weight\x18\x01 \x01(\x01\x12\x16\n\x0elatency_weight\x18\x02 \x01(\x01\x12\x13\n\x0b\x63ost_weight\x18\x03 \x01(\x01\x12\x15\n\rregion_weight\x18\x04 \x01(\x01\x12\x18\n\x10\x63\x61ndidate_margin\x18\x05 \x01(\x01\x12\x17\n\x0fpanic_threshold\x18\x06 \x01(\x01\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\x05\x12\x34\n\x0ftransport_order\x18\x08 \x03(\x0e\x32\x1b.powerx.common.v1.Transport\":\n\x12\x43\x61pabilitySecurity\x12\r\n\x05scope\x18\x01 \x01(\t\x12\x15\n\rmasked_fields\x18\x02 \x03(\t\"8\n\x14ObservabilityOptions\x12\x0f\n\x07tracing\x18\x01 \x01(\x08\x12\x0f\n\x07metrics\x18\x02 \x01(\x08\x42=Z;github.com/powerx/mesh/gen/go/powerx/registry/v1;registryv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,12 +55,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CAPABILITY'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_CAPABILITY'].fields_by_name['revision']._loaded_options = None
   _globals['_CAPABILITY'].fields_by_name['revision']._serialized_options = b'\342A\001\003'
-  _globals['_CAPABILITY']._serialized_start=191
-  _globals['_CAPABILITY']._serialized_end=940
-  _globals['_CAPABILITY_LABELSENTRY']._serialized_start=895
-  _globals['_CAPABILITY_LABELSENTRY']._serialized_end=940
-  _globals['_CAPABILITYSECURITY']._serialized_start=942
-  _globals['_CAPABILITYSECURITY']._serialized_end=1000
-  _globals['_OBSERVABILITYOPTIONS']._serialized_start=1002
-  _globals['_OBSERVABILITYOPTIONS']._serialized_end=1058
+  _globals['_CAPABILITY']._serialized_start=222
+  _globals['_CAPABILITY']._serialized_end=1023
+  _globals['_CAPABILITY_LABELSENTRY']._serialized_start=978
+  _globals['_CAPABILITY_LABELSENTRY']._serialized_end=1023
+  _globals['_ROUTINGPOLICY']._serialized_start=1026
+  _globals['_ROUTINGPOLICY']._serialized_end=1259
+  _globals['_CAPABILITYSECURITY']._serialized_start=1261
+  _globals['_CAPABILITYSECURITY']._serialized_end=1319
+  _globals['_OBSERVABILITYOPTIONS']._serialized_start=1321
+  _globals['_OBSERVABILITYOPTIONS']._serialized_end=1377
 # @@protoc_insertion_point(module_scope)

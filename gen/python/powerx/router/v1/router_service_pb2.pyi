@@ -34,18 +34,20 @@ class ResolveEndpointRequest(_message.Message):
     def __init__(self, capability_id: _Optional[str] = ..., version: _Optional[str] = ..., prefer: _Optional[_Union[_route_pb2.RoutePreference, _Mapping]] = ..., only: _Optional[_Union[_route_pb2.RoutePreference, _Mapping]] = ..., region: _Optional[str] = ..., explain: _Optional[bool] = ..., exclude_endpoint_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ResolveEndpointResponse(_message.Message):
-    __slots__ = ("endpoint", "version", "candidates", "panic", "route_token")
+    __slots__ = ("endpoint", "version", "candidates", "panic", "route_token", "version_fallback")
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     PANIC_FIELD_NUMBER: _ClassVar[int]
     ROUTE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FALLBACK_FIELD_NUMBER: _ClassVar[int]
     endpoint: _endpoint_pb2.Endpoint
     version: str
     candidates: _containers.RepeatedCompositeFieldContainer[_route_pb2.Candidate]
     panic: bool
     route_token: str
-    def __init__(self, endpoint: _Optional[_Union[_endpoint_pb2.Endpoint, _Mapping]] = ..., version: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[_route_pb2.Candidate, _Mapping]]] = ..., panic: _Optional[bool] = ..., route_token: _Optional[str] = ...) -> None: ...
+    version_fallback: bool
+    def __init__(self, endpoint: _Optional[_Union[_endpoint_pb2.Endpoint, _Mapping]] = ..., version: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[_route_pb2.Candidate, _Mapping]]] = ..., panic: _Optional[bool] = ..., route_token: _Optional[str] = ..., version_fallback: _Optional[bool] = ...) -> None: ...
 
 class InvokeRequest(_message.Message):
     __slots__ = ("capability_id", "version", "arguments", "prefer", "only", "region", "idempotency_key", "explain")

@@ -33,6 +33,7 @@ __all__ = (
     "RegistryServiceStub",
     "RenewProviderLeaseRequest",
     "RenewProviderLeaseResponse",
+    "RoutingPolicy",
     "WatchCaughtUp",
     "WatchRegistryRequest",
     "WatchRegistryResponse",
@@ -363,6 +364,11 @@ class Capability(betterproto2.Message):
     revision: "int" = betterproto2.field(19, betterproto2.TYPE_INT64)
     """
     Registry revision of the last change to it.
+    """
+
+    routing: "RoutingPolicy | None" = betterproto2.field(20, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    How the router chooses among this capability's endpoints (defaults apply when unset).
     """
 
 
@@ -1169,6 +1175,65 @@ class RenewProviderLeaseResponse(betterproto2.Message):
 default_message_pool.register_message(
     "powerx.registry.v1", "RenewProviderLeaseResponse", RenewProviderLeaseResponse
 )
+
+
+@dataclass(eq=False, repr=False)
+class RoutingPolicy(betterproto2.Message):
+    """
+    RoutingPolicy tunes the router's choice among a capability's endpoints.
+
+    The score of an endpoint is `health_weight·health + latency_weight·latency + cost_weight·cost +
+    region_weight·region`, each part in [0, 1]. When every weight is 0 the defaults 0.4, 0.3, 0.2 and
+    0.1 apply.
+    """
+
+    health_weight: "float" = betterproto2.field(1, betterproto2.TYPE_DOUBLE)
+    """
+    Weight of the health part (healthy 1, warning 0.5, unknown 0.25, anything else 0).
+    """
+
+    latency_weight: "float" = betterproto2.field(2, betterproto2.TYPE_DOUBLE)
+    """
+    Weight of the latency part (the fastest endpoint 1, others best/their latency).
+    """
+
+    cost_weight: "float" = betterproto2.field(3, betterproto2.TYPE_DOUBLE)
+    """
+    Weight of the cost part (the cheapest endpoint 1, the dearest 0).
+    """
+
+    region_weight: "float" = betterproto2.field(4, betterproto2.TYPE_DOUBLE)
+    """
+    Weight of the region part (same region as the caller 1, unknown 0.5, another region 0).
+    """
+
+    candidate_margin: "float" = betterproto2.field(5, betterproto2.TYPE_DOUBLE)
+    """
+    Endpoints scoring within this margin of the best are the candidates the load balancer picks
+    from (0 means the default 0.05; at most 1).
+    """
+
+    panic_threshold: "float" = betterproto2.field(6, betterproto2.TYPE_DOUBLE)
+    """
+    Below this share of healthy endpoints the router also routes to unhealthy ones (panic mode);
+    0 means the default 0.5, a negative value never panics.
+    """
+
+    max_attempts: "int" = betterproto2.field(7, betterproto2.TYPE_INT32)
+    """
+    Attempts per call, the first one included (0 means the default 3; at most 10).
+    """
+
+    transport_order: "list[__common__v1__.Transport]" = betterproto2.field(
+        8, betterproto2.TYPE_ENUM, repeated=True
+    )
+    """
+    Transports in the order to try them when the caller states no preference: endpoints of the first
+    are used while any is routable, the others are fallbacks.
+    """
+
+
+default_message_pool.register_message("powerx.registry.v1", "RoutingPolicy", RoutingPolicy)
 
 
 @dataclass(eq=False, repr=False)

@@ -423,6 +423,12 @@ class ResolveEndpointResponse(betterproto2.Message):
     Opaque token to send back with ReportOutcome.
     """
 
+    version_fallback: "bool" = betterproto2.field(6, betterproto2.TYPE_BOOL)
+    """
+    Whether no endpoint of a version matching the request was routable, so an earlier minor
+    version of the same major was chosen.
+    """
+
 
 default_message_pool.register_message("powerx.router.v1", "ResolveEndpointResponse", ResolveEndpointResponse)
 

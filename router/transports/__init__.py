@@ -1,0 +1,1 @@
+"""Transports the router calls endpoints over: grpc, http, mcp and agent."""
