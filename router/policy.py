@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from powerx.common.v1 import common_pb2
@@ -122,6 +122,8 @@ class Offering:
     cost: float = 0.0
     labels: Mapping[str, str] = field(default_factory=dict)
     policy: Policy = DEFAULT_POLICY
+    # Checks call arguments against the capability's input schema: returns (field, problem) pairs.
+    check_arguments: Callable[[Mapping[str, object]], list[tuple[str, str]]] | None = None
 
     def visible_to(self, tenant_id: str) -> bool:
         """Whether a caller of `tenant_id` may see and call this offering."""

@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from powerx.common.v1 import common_pb2
@@ -386,7 +386,18 @@ class RouterService:
             raise DeadlineExceeded("the call's deadline passed before it could be routed")
         return _Invocation(capability_id, rreq, key, now + timeout, now)
 
-    def _call(self, inv: _Invocation, s: Scored, ctx: CallContext, arguments: object) -> tuple[Target, Call]:
+    def _call(
+        self, inv: _Invocation, s: Scored, ctx: CallContext, arguments: struct_pb2.Struct
+    ) -> tuple[Target, Call]:
+        check = s.offering.check_arguments
+        if check is not None and not inv.attempts:
+            problems = check(json_format.MessageToDict(arguments))
+            if problems:
+                raise InvalidArgument(
+                    f"arguments do not match the input schema of {inv.capability_id} {s.offering.version}",
+                    problems,
+                    reason="ARGUMENTS_INVALID",
+                )
         remaining = inv.deadline - self.clock()
         if remaining <= 0:
             raise DeadlineExceeded(
@@ -405,7 +416,7 @@ class RouterService:
         call = Call(
             capability_id=inv.capability_id,
             version=s.offering.version,
-            arguments=arguments,  # type: ignore[arg-type]
+            arguments=arguments,
             tenant_id=ctx.tenant_id,
             actor_id=ctx.principal,
             request_id=ctx.request_id,
@@ -470,7 +481,8 @@ class RouterService:
 
     def _audit(self, inv: _Invocation, ctx: CallContext, outcome: str, streamed: bool) -> None:
         latency_ms = (self.clock() - inv.started) * 1000
-        if self.audit is not None:
+        # Only routed calls are audited: a request rejected before an endpoint was chosen wrote nothing.
+        if self.audit is not None and inv.endpoint_id:
             self.audit.record(
                 AuditRecord(
                     created_ms=int(time.time() * 1000),

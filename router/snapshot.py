@@ -13,9 +13,10 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+import jsonschema
 from google.protobuf import json_format
 
 from powerx.registry.v1 import capability_pb2, endpoint_pb2, event_pb2
@@ -209,6 +210,7 @@ class RouteSnapshot:
                     cost=cap.cost,
                     labels=dict(cap.labels),
                     policy=policy_of(cap),
+                    check_arguments=self._arguments_checker(cap),
                 )
             )
         if offerings:
@@ -217,6 +219,30 @@ class RouteSnapshot:
             self._routes.pop(capability_id, None)
             self._caps_by_id.pop(capability_id, None)
         self.generations[capability_id] += 1
+
+    @staticmethod
+    def _arguments_checker(
+        cap: capability_pb2.Capability,
+    ) -> Callable[[Mapping[str, object]], list[tuple[str, str]]] | None:
+        if not cap.HasField("input_schema"):
+            return None
+        schema = json_format.MessageToDict(cap.input_schema)
+        try:
+            cls = jsonschema.validators.validator_for(schema)
+            cls.check_schema(schema)
+        except jsonschema.SchemaError:
+            log.warning("capability %s has an invalid input schema; arguments go unchecked", cap.capability_id)
+            return None
+        validator = cls(schema)
+
+        def check(arguments: Mapping[str, object]) -> list[tuple[str, str]]:
+            problems = []
+            for err in sorted(validator.iter_errors(arguments), key=lambda e: list(e.absolute_path))[:20]:
+                path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
+                problems.append((f"arguments{path}", err.message[:300]))
+            return problems
+
+        return check
 
     def describe(self, capability_id: str) -> list[dict[str, object]]:
         """A JSON-friendly dump of one capability's offerings (for logs and debugging)."""
