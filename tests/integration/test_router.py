@@ -210,7 +210,9 @@ async def test_streaming_through_the_router(mesh: Mesh, router: rt_grpc.RouterSe
         msgs = [
             m
             async for m in router.InvokeStream(
-                rt.InvokeStreamRequest(capability_id="echo.count", arguments=args(n=4)), metadata=T1, timeout=5
+                rt.InvokeStreamRequest(capability_id="echo.count", arguments=args(n=4)),
+                metadata=T1,
+                timeout=5,
             )
         ]
     chunks = [m.chunk for m in msgs if m.HasField("chunk")]
@@ -241,7 +243,9 @@ async def test_deadline_ends_a_slow_call(mesh: Mesh, router: rt_grpc.RouterServi
     async with echo_provider(mesh):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await router.Invoke(
-                rt.InvokeRequest(capability_id="echo.sleep", arguments=args(ms=3000)), metadata=T1, timeout=0.5
+                rt.InvokeRequest(capability_id="echo.sleep", arguments=args(ms=3000)),
+                metadata=T1,
+                timeout=0.5,
             )
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
@@ -272,7 +276,9 @@ async def test_a_non_idempotent_call_is_retried_only_with_an_idempotency_key(
 
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await router.Invoke(
-                rt.InvokeRequest(capability_id="echo.create", idempotency_key="lead-7"), metadata=T1, timeout=5
+                rt.InvokeRequest(capability_id="echo.create", idempotency_key="lead-7"),
+                metadata=T1,
+                timeout=5,
             )
         assert error_info(err.value).reason == "ENDPOINTS_FAILED"
         assert error_info(err.value).metadata["attempts"] == "2"  # both endpoints, never the same twice
@@ -292,7 +298,9 @@ async def test_failover_from_grpc_to_http(
         await registry.AnnounceProvider(
             rs.AnnounceProviderRequest(
                 provider=provider_pb2.Provider(provider_id="com.test.mixed", version="1.0.0"),
-                capabilities=[capability_pb2.Capability(capability_id="echo.say", version="1.0.0", idempotent=True)],
+                capabilities=[
+                    capability_pb2.Capability(capability_id="echo.say", version="1.0.0", idempotent=True)
+                ],
                 endpoints=[
                     endpoint_pb2.Endpoint(transport=GRPC, uri=f"grpc://127.0.0.1:{dead}"),
                     endpoint_pb2.Endpoint(transport=HTTP, uri=http_side.http_url),
@@ -406,8 +414,12 @@ async def test_two_providers_share_load_and_a_killed_one_is_routed_around_then_r
         # Restarted (new process, new port): it re-announces, replaces its endpoint, and gets traffic again.
         await a.close()
         a = await ProviderProcess(mesh, "com.echo.a").start()
-        eps = await registry.ListRuntimeEndpoints(rs.ListRuntimeEndpointsRequest(provider_id="com.echo.a"), metadata=T1)
-        assert [(e.uri, e.health) for e in eps.endpoints] == [(a.ready["grpc"], common_pb2.HEALTH_STATE_HEALTHY)]
+        eps = await registry.ListRuntimeEndpoints(
+            rs.ListRuntimeEndpointsRequest(provider_id="com.echo.a"), metadata=T1
+        )
+        assert [(e.uri, e.health) for e in eps.endpoints] == [
+            (a.ready["grpc"], common_pb2.HEALTH_STATE_HEALTHY)
+        ]
         again: Counter[str] = Counter()
         for _ in range(15):
             again.update(await asyncio.gather(*(call() for _ in range(8))))
@@ -490,7 +502,9 @@ async def test_resolve_explains_and_report_outcome_ejects(
         assert report is not None and report.ejected
         for _ in range(20):
             again = await router.ResolveEndpoint(
-                rt.ResolveEndpointRequest(capability_id="echo.say", only=route_pb2.RoutePreference(transports=[GRPC])),
+                rt.ResolveEndpointRequest(
+                    capability_id="echo.say", only=route_pb2.RoutePreference(transports=[GRPC])
+                ),
                 metadata=T1,
             )
             assert again.endpoint.endpoint_id != target
@@ -562,9 +576,13 @@ async def test_bad_requests_get_clear_errors_and_write_nothing(
         assert "arguments.n" in bad_fields(e)
         e = await fails(rt.InvokeRequest(capability_id="echo.typed", arguments=args()))
         assert error_info(e).reason == "ARGUMENTS_INVALID"
-        ok = await router.Invoke(rt.InvokeRequest(capability_id="echo.typed", arguments=args(n=3)), metadata=T1)
+        ok = await router.Invoke(
+            rt.InvokeRequest(capability_id="echo.typed", arguments=args(n=3)), metadata=T1
+        )
         assert value(ok.result) == 6
-        e = await fails(rt.InvokeRequest(capability_id="Echo Say", version="one", idempotency_key="has space"))
+        e = await fails(
+            rt.InvokeRequest(capability_id="Echo Say", version="one", idempotency_key="has space")
+        )
         assert e.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert {"capability_id", "version", "idempotency_key"} <= set(bad_fields(e))
         e = await fails(
@@ -572,7 +590,10 @@ async def test_bad_requests_get_clear_errors_and_write_nothing(
         )
         assert "prefer.transports[0]" in bad_fields(e)
         e = await fails(rt.InvokeRequest(capability_id="echo.say", version="2"))
-        assert (e.code(), error_info(e).reason) == (grpc.StatusCode.FAILED_PRECONDITION, "VERSION_UNAVAILABLE")
+        assert (e.code(), error_info(e).reason) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "VERSION_UNAVAILABLE",
+        )
         assert p.calls["echo.typed"] == 1  # type: ignore[attr-defined]  # only the valid call got through
     # Only the two routed calls were audited.
     assert mesh.audit is not None
