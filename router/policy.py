@@ -28,6 +28,7 @@ import random
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from powerx.common.v1 import common_pb2
 from router.outlier import EndpointStats
@@ -123,7 +124,7 @@ class Offering:
     labels: Mapping[str, str] = field(default_factory=dict)
     policy: Policy = DEFAULT_POLICY
     # Checks call arguments against the capability's input schema: returns (field, problem) pairs.
-    check_arguments: Callable[[Mapping[str, object]], list[tuple[str, str]]] | None = None
+    check_arguments: Callable[[Any], list[tuple[str, str]]] | None = None
 
     def visible_to(self, tenant_id: str) -> bool:
         """Whether a caller of `tenant_id` may see and call this offering."""

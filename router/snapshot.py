@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import jsonschema
 from google.protobuf import json_format
@@ -223,7 +224,7 @@ class RouteSnapshot:
     @staticmethod
     def _arguments_checker(
         cap: capability_pb2.Capability,
-    ) -> Callable[[Mapping[str, object]], list[tuple[str, str]]] | None:
+    ) -> Callable[[Any], list[tuple[str, str]]] | None:
         if not cap.HasField("input_schema"):
             return None
         schema = json_format.MessageToDict(cap.input_schema)
@@ -231,13 +232,14 @@ class RouteSnapshot:
             cls = jsonschema.validators.validator_for(schema)
             cls.check_schema(schema)
         except jsonschema.SchemaError:
-            log.warning("capability %s has an invalid input schema; arguments go unchecked", cap.capability_id)
+            log.warning("capability %s: invalid input schema, arguments go unchecked", cap.capability_id)
             return None
         validator = cls(schema)
 
-        def check(arguments: Mapping[str, object]) -> list[tuple[str, str]]:
+        def check(arguments: Any) -> list[tuple[str, str]]:
             problems = []
-            for err in sorted(validator.iter_errors(arguments), key=lambda e: list(e.absolute_path))[:20]:
+            errors = validator.iter_errors(arguments)
+            for err in sorted(errors, key=lambda e: [str(p) for p in e.absolute_path])[:20]:
                 path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
                 problems.append((f"arguments{path}", err.message[:300]))
             return problems
