@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -68,9 +69,12 @@ def parse_rule(base: ProbeRule, spec: str) -> ProbeRule:
             raise ValueError(f"unknown health rule field {name!r}")
         kind = int if name in ("warn_after", "unreachable_after", "recover_after") else float
         try:
-            values[name] = kind(raw.strip())
+            number = kind(raw.strip())
         except ValueError:
             raise ValueError(f"health rule field {name} must be a number, got {raw!r}") from None
+        if not math.isfinite(number) or number < 0:
+            raise ValueError(f"health rule field {name} must be a number (finite, at least 0), got {raw!r}")
+        values[name] = number
     return dataclasses.replace(base, **values)  # type: ignore[arg-type]
 
 

@@ -23,6 +23,7 @@ Steps, in order (seed 001 §6–§7, §9–§10):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import re
@@ -157,6 +158,11 @@ class VersionRequest:
 
 
 ANY_VERSION = VersionRequest()
+
+
+def version_order(v: tuple[int, int, int, str]) -> tuple[int, int, int, bool, str]:
+    """Sort key of a version tuple: a release ranks above its pre-releases (1.0.0 > 1.0.0-rc.1)."""
+    return (v[0], v[1], v[2], not v[3], v[3])
 
 
 def parse_version_request(text: str) -> VersionRequest | None:
@@ -311,6 +317,14 @@ def plan(
             continue
         result = _plan_group(group, req, stats, now, dropped=dropped, is_fallback=is_fallback)
         if result is not None:
+            # Stale once any ejection seen on the way ends (also one in a matching version we fell back from).
+            ends = [
+                stats[d.endpoint.endpoint_id].ejected_until
+                for d in dropped
+                if d.reason.startswith("ejected") and d.endpoint.endpoint_id in stats
+            ]
+            if ends and min(ends) < result.valid_until:
+                result = dataclasses.replace(result, valid_until=min(ends))
             return result
     # Nothing routable: say why, preferring the most useful reason.
     ejected_until = [
@@ -402,8 +416,11 @@ def _plan_group(
     if not admitted:
         return None
 
-    # Tiers: version first (highest), then the preference order.
-    best_version = max(o.version_tuple for o, _ in admitted)
+    # Tiers: version first (highest), then the preference order, both chosen among the truly routable
+    # endpoints when there are any: panic mode widens the candidates, it must not make an unreachable
+    # preferred transport or higher version outrank a healthy fallback.
+    pool = [(o, e) for o, e in admitted if e.health in ROUTABLE] or admitted
+    best_version = max((o.version_tuple for o, _ in pool), key=version_order)
     transport_order = req.prefer_transports or group[0].policy.transport_order
     regions = req.prefer_regions
 
@@ -414,7 +431,7 @@ def _plan_group(
     for o, e in admitted:
         if o.version_tuple != best_version:
             dropped.append(Dropped(o, e, f"a higher version is routable than {o.version}"))
-    best_tier = min(tier(o, e) for o, e in top_version)
+    best_tier = min(tier(o, e) for o, e in pool if o.version_tuple == best_version)
     chosen = []
     for o, e in top_version:
         t = tier(o, e)

@@ -22,6 +22,7 @@ from google.protobuf import duration_pb2, json_format, struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from powerx.common.v1 import common_pb2
+from powerx.provider.v1 import provider_service_pb2 as provider_pb2
 from powerx.registry.v1 import endpoint_pb2
 from powerx.router.v1 import route_pb2
 from powerx.router.v1 import router_service_pb2 as rt
@@ -574,7 +575,8 @@ class RouterService:
         """Streams a capability's output; fails over only before the first chunk reached the caller.
 
         Ends with a StreamEnd stating the outcome; a failure after output started ends the stream with
-        the error in StreamEnd.status instead of an error status, so the caller keeps what it got.
+        the error in StreamEnd.status instead of an error status, so the caller keeps what it got. A
+        unary capability streams its result as one chunk.
         """
         rreq = self._route_request(
             ctx,
@@ -584,7 +586,7 @@ class RouterService:
             only=req.only,
             region=req.region,
             idempotency_key=req.idempotency_key,
-            streaming=True,
+            streaming=None,  # a unary capability streams its one result
         )
         inv = self._start(ctx, req.capability_id, rreq, req.idempotency_key)
         self.budget.active += 1
@@ -604,7 +606,10 @@ class RouterService:
                 started = self.clock()
                 first_at = 0.0
                 in_flight = self.stats.begin(s.endpoint.endpoint_id)
-                chunks = self._transport(s).stream(target, call)
+                transport = self._transport(s)
+                chunks = (
+                    transport.stream(target, call) if s.offering.streaming else _one(transport, target, call)
+                )
                 try:
                     async for chunk in chunks:
                         if not first_at:
@@ -696,6 +701,13 @@ class RouterService:
             self.stats.failure(req.endpoint_id, now, self.snapshot.group_of(req.capability_id))
         st = self.stats.get(req.endpoint_id)
         return rt.ReportOutcomeResponse(latency_ewma_ms=st.ewma_ms, ejected=st.ejected_until > now)
+
+
+async def _one(
+    transport: Transport, target: Target, call: Call
+) -> AsyncIterator[provider_pb2.InvokeStreamResponse]:
+    """A unary call as a stream of one chunk."""
+    yield provider_pb2.InvokeStreamResponse(data=await transport.invoke(target, call))
 
 
 def _excluding(req: RouteRequest, excluded: set[str]) -> RouteRequest:

@@ -146,6 +146,7 @@ async def start_mesh(settings: Settings) -> Mesh:
         ],
     )
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry), server)
+    registry.mcp_stdio_commands = frozenset(settings.mcp_stdio_commands)
     snapshot = RouteSnapshot()
     follower = SnapshotFollower(
         registry.store, bus, snapshot, poll_s=max(settings.watch_poll_interval_s, 0.5)
@@ -155,7 +156,7 @@ async def start_mesh(settings: Settings) -> Mesh:
     transports: dict[int, Transport] = {
         common_pb2.TRANSPORT_GRPC: GrpcTransport(),
         common_pb2.TRANSPORT_HTTP: HttpTransport(),
-        common_pb2.TRANSPORT_MCP: McpTransport(),
+        common_pb2.TRANSPORT_MCP: McpTransport(stdio_commands=settings.mcp_stdio_commands),
         common_pb2.TRANSPORT_AGENT: AgentTransport(),
     }
     metrics_registry = CollectorRegistry()

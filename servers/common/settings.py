@@ -57,6 +57,8 @@ class Settings:
     health_rules: tuple[tuple[str, str], ...] = ()
     # Passive outlier detection: `consecutive_failures=5,base_ejection_s=30,max_ejection_s=300,…`.
     outlier: str = ""
+    # Executables an MCP `stdio:` endpoint may start on the mesh host (`*`: any); none by default.
+    mcp_stdio_commands: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -88,6 +90,9 @@ class Settings:
                 if os.environ.get(f"POWERX_HEALTH_{t.upper()}", "").strip()
             ),
             outlier=_env("POWERX_OUTLIER", ""),
+            mcp_stdio_commands=tuple(
+                c.strip() for c in _env("POWERX_MCP_STDIO_COMMANDS", "").split(",") if c.strip()
+            ),
         )
 
     @property

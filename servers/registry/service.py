@@ -349,6 +349,9 @@ class RegistryService:
         # Called with each committed revision, before the bus hears of it: lets a route cache in this
         # process know at once that it is behind (read-your-writes for announce then invoke).
         self.commit_listeners: list[Callable[[int], None]] = []
+        # Executables a `stdio:` MCP server may be started with on ImportMcpServer (`*`: any; none by
+        # default, since starting a process on the mesh host is an operator's decision).
+        self.mcp_stdio_commands: frozenset[str] = frozenset()
 
     async def _published(self, revision: int) -> None:
         for listener in self.commit_listeners:

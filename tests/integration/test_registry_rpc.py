@@ -92,17 +92,6 @@ async def test_refresh_and_delete_endpoint(registry: rs_grpc.RegistryServiceStub
     assert error_info(err.value).reason == "ENDPOINT_NOT_FOUND"
 
 
-async def test_import_mcp_server_is_declared_but_not_served_yet(
-    registry: rs_grpc.RegistryServiceStub,
-) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await registry.ImportMcpServer(
-            rs.ImportMcpServerRequest(server_id="s", uri="http://h/mcp"), metadata=T1
-        )
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "router" in (err.value.details() or "")
-
-
 async def test_watch_streams_replay_caught_up_live_and_end(registry: rs_grpc.RegistryServiceStub) -> None:
     first = await registry.AnnounceProvider(announce_request("com.a"), metadata=T1)
     stream = registry.WatchRegistry(rs.WatchRegistryRequest(since_revision=0, max_events=5), metadata=T1)
