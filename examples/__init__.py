@@ -1,0 +1,1 @@
+"""Runnable example providers for the PowerX mesh (`python -m examples.echo_provider`)."""
