@@ -66,6 +66,8 @@ class CapabilitySpec:
         cost: Relative cost per call.
         labels: Free-form labels.
         tenant_scopes: Tenants allowed to call it besides the owner (`*` for all).
+        routing: How the router chooses among its endpoints (weights, margin, panic threshold,
+            attempts, transport order), or None for the router's defaults.
     """
 
     capability_id: str
@@ -81,6 +83,7 @@ class CapabilitySpec:
     cost: float = 0.0
     labels: Mapping[str, str] = field(default_factory=dict)
     tenant_scopes: Sequence[str] = ()
+    routing: capability_pb2.RoutingPolicy | None = None
 
     def to_proto(self) -> capability_pb2.Capability:
         """The capability as announced to the registry."""
@@ -96,6 +99,8 @@ class CapabilitySpec:
             labels=dict(self.labels),
             tenant_scopes=list(self.tenant_scopes),
         )
+        if self.routing is not None:
+            cap.routing.CopyFrom(self.routing)
         if self.input_schema is not None:
             json_format.ParseDict(dict(self.input_schema), cap.input_schema)
         if self.output_schema is not None:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from google.protobuf import duration_pb2
 
 from powerx.common.v1 import common_pb2
-from powerx.registry.v1 import endpoint_pb2, provider_pb2
+from powerx.registry.v1 import capability_pb2, endpoint_pb2, provider_pb2
 from powerx.registry.v1 import registry_service_pb2 as rs
 from sdk.dispatch import (
     CAPABILITY_ID_RE,
@@ -174,6 +174,7 @@ class Provider:
         cost: float = 0.0,
         labels: Mapping[str, str] | None = None,
         tenant_scopes: Sequence[str] = (),
+        routing: capability_pb2.RoutingPolicy | None = None,
     ) -> Callable[[UnaryT], UnaryT]:
         """Declares a unary capability served by the decorated `async def handler(args, call)`.
 
@@ -192,6 +193,8 @@ class Provider:
             cost: Relative cost per call.
             labels: Free-form labels.
             tenant_scopes: Tenants allowed to call it besides the owner (`*` for every tenant).
+            routing: The router's policy for it (`RoutingPolicy`: weights, margin, panic threshold,
+                attempts, transport order), or None for the defaults.
 
         Returns:
             A decorator that registers the handler and returns it unchanged.
@@ -214,6 +217,7 @@ class Provider:
                 cost=cost,
                 labels=labels,
                 tenant_scopes=tenant_scopes,
+                routing=routing,
             )
             return handler
 
@@ -233,6 +237,7 @@ class Provider:
         cost: float = 0.0,
         labels: Mapping[str, str] | None = None,
         tenant_scopes: Sequence[str] = (),
+        routing: capability_pb2.RoutingPolicy | None = None,
     ) -> Callable[[StreamT], StreamT]:
         """Declares a streaming capability served by the decorated async generator `handler(args, call)`.
 
@@ -251,6 +256,8 @@ class Provider:
             cost: Relative cost per call.
             labels: Free-form labels.
             tenant_scopes: Tenants allowed to call it besides the owner (`*` for every tenant).
+            routing: The router's policy for it (`RoutingPolicy`: weights, margin, panic threshold,
+                attempts, transport order), or None for the defaults.
 
         Returns:
             A decorator that registers the handler and returns it unchanged.
@@ -273,6 +280,7 @@ class Provider:
                 cost=cost,
                 labels=labels,
                 tenant_scopes=tenant_scopes,
+                routing=routing,
             )
             return handler
 
@@ -294,6 +302,7 @@ class Provider:
         cost: float,
         labels: Mapping[str, str] | None,
         tenant_scopes: Sequence[str],
+        routing: capability_pb2.RoutingPolicy | None = None,
     ) -> None:
         if self._registration is not None:
             raise RuntimeError("declare capabilities before start(): they are announced once")
@@ -317,6 +326,7 @@ class Provider:
                 cost=cost,
                 labels=dict(labels or {}),
                 tenant_scopes=tuple(tenant_scopes),
+                routing=routing,
             )
         )
 

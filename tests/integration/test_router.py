@@ -625,3 +625,32 @@ async def test_a_just_announced_capability_is_routable_at_once(
         async with echo_provider(mesh, f"com.test.p{i}"):
             resp = await router.Invoke(rt.InvokeRequest(capability_id="echo.say"), metadata=T1, timeout=5)
             assert value(resp.result)["provider"] == f"com.test.p{i}"
+
+
+async def test_a_capabilitys_routing_policy_sets_the_transport_order(
+    mesh: Mesh, router: rt_grpc.RouterServiceStub
+) -> None:
+    p = Provider("com.test.ordered", version="1.0.0", tenant_id="t1", registry=mesh.address, http_port=0)
+
+    @p.unary(
+        "ordered.say",
+        idempotent=True,
+        routing=capability_pb2.RoutingPolicy(transport_order=[HTTP, GRPC], max_attempts=2),
+    )
+    async def say(a: dict[str, Any], call: CallInfo) -> str:
+        return call.transport
+
+    async with p:
+        for _ in range(5):
+            resp = await router.Invoke(rt.InvokeRequest(capability_id="ordered.say"), metadata=T1, timeout=5)
+            assert resp.endpoint.transport == HTTP
+            assert value(resp.result) == "http"
+        # The caller's own preference wins over the capability's order.
+        resp = await router.Invoke(
+            rt.InvokeRequest(
+                capability_id="ordered.say", prefer=route_pb2.RoutePreference(transports=[GRPC])
+            ),
+            metadata=T1,
+            timeout=5,
+        )
+        assert resp.endpoint.transport == GRPC
