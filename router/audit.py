@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -51,6 +51,9 @@ class AuditRecord:
     streamed: bool
 
 
+_FIELDS = tuple(f.name for f in fields(AuditRecord))
+
+
 class AuditLog:
     """Queues records and writes them in batches; `close()` flushes what is left."""
 
@@ -83,7 +86,7 @@ class AuditLog:
             return
         try:
             async with self.engine.begin() as conn:
-                await conn.execute(sa.insert(audit_t), [asdict(r) for r in batch])
+                await conn.execute(sa.insert(audit_t), [{f: getattr(r, f) for f in _FIELDS} for r in batch])
         except Exception:
             log.exception("could not write %d audit records", len(batch))
             self._queue[:0] = batch[: self._max_queue - len(self._queue)]

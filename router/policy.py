@@ -264,6 +264,8 @@ def _health_name(h: int) -> str:
 
 
 def _tier_of(value: object, order: Sequence[object]) -> int:
+    if not order:
+        return 0
     try:
         return order.index(value)
     except ValueError:

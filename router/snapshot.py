@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -68,6 +69,38 @@ def route_endpoint(e: endpoint_pb2.Endpoint) -> RouteEndpoint:
     )
 
 
+_ANNOTATIONS = frozenset({"type", "title", "description", "$schema", "additionalProperties"})
+
+
+class _SchemaCheck:
+    """Validates arguments against a JSON Schema, compiled the first time it is needed."""
+
+    def __init__(self, capability_id: str, schema: dict[str, Any]) -> None:
+        self.capability_id = capability_id
+        self.schema = schema
+        self._validator: jsonschema.protocols.Validator | None = None
+        self._broken = False
+
+    def check(self, arguments: Any) -> list[tuple[str, str]]:
+        if self._validator is None:
+            if self._broken:
+                return []
+            try:
+                cls = jsonschema.validators.validator_for(self.schema)
+                cls.check_schema(self.schema)
+            except jsonschema.SchemaError:
+                log.warning("capability %s: invalid input schema, arguments go unchecked", self.capability_id)
+                self._broken = True
+                return []
+            self._validator = cls(self.schema)
+        problems = []
+        errors = self._validator.iter_errors(arguments)
+        for err in sorted(errors, key=lambda e: [str(p) for p in e.absolute_path])[:20]:
+            path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
+            problems.append((f"arguments{path}", err.message[:300]))
+        return problems
+
+
 class RouteSnapshot:
     """Offerings per capability id, rebuilt per capability when events touch it."""
 
@@ -81,6 +114,7 @@ class RouteSnapshot:
         self.generations: dict[str, int] = defaultdict(int)
         self.revision = 0
         self.endpoint_listeners: list[Callable[[str], None]] = []
+        self._checkers: dict[bytes, _SchemaCheck] = {}
 
     # ---- reads (the call path) --------------------------------------------------------------------
 
@@ -221,30 +255,25 @@ class RouteSnapshot:
             self._caps_by_id.pop(capability_id, None)
         self.generations[capability_id] += 1
 
-    @staticmethod
     def _arguments_checker(
-        cap: capability_pb2.Capability,
+        self, cap: capability_pb2.Capability
     ) -> Callable[[Any], list[tuple[str, str]]] | None:
+        """The argument check of a capability, or None when its schema accepts any object.
+
+        Shared by every capability with the same schema and compiled on first use, not on every rebuild.
+        """
         if not cap.HasField("input_schema"):
             return None
         schema = json_format.MessageToDict(cap.input_schema)
-        try:
-            cls = jsonschema.validators.validator_for(schema)
-            cls.check_schema(schema)
-        except jsonschema.SchemaError:
-            log.warning("capability %s: invalid input schema, arguments go unchecked", cap.capability_id)
-            return None
-        validator = cls(schema)
-
-        def check(arguments: Any) -> list[tuple[str, str]]:
-            problems = []
-            errors = validator.iter_errors(arguments)
-            for err in sorted(errors, key=lambda e: [str(p) for p in e.absolute_path])[:20]:
-                path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
-                problems.append((f"arguments{path}", err.message[:300]))
-            return problems
-
-        return check
+        if set(schema) <= _ANNOTATIONS and schema.get("type", "object") == "object":
+            return None  # `{"type": "object"}` and the like: arguments are always an object
+        key = cap.input_schema.SerializeToString(deterministic=True)
+        checker = self._checkers.get(key)
+        if checker is None:
+            if len(self._checkers) > 10_000:
+                self._checkers.clear()
+            checker = self._checkers[key] = _SchemaCheck(cap.capability_id, schema)
+        return checker.check
 
     def describe(self, capability_id: str) -> list[dict[str, object]]:
         """A JSON-friendly dump of one capability's offerings (for logs and debugging)."""
@@ -290,6 +319,9 @@ class SnapshotFollower:
         """Loads the table from the store."""
         revision, caps, eps = await self.store.route_state()
         self.snapshot.load(revision, caps, eps)
+        # The table is long-lived and large (about 9 objects per capability): keep it out of the
+        # collector's full passes, which would otherwise stall the event loop for 100s of ms.
+        gc.freeze()
         self.known_revision = max(self.known_revision, revision)
         await self.catch_up()
 
