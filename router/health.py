@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ from powerx.common.v1 import common_pb2
 from router.snapshot import RouteSnapshot
 from router.transports.base import ProbeResult, Target, Transport
 from servers.common.context import CallContext
+from servers.common.settings import parse_overrides
 
 log = logging.getLogger("powerx.router.health")
 
@@ -61,21 +60,7 @@ class ProbeRule:
 
 def parse_rule(base: ProbeRule, spec: str) -> ProbeRule:
     """Overrides fields of `base` from `interval_s=5,warn_after=3,…` (the POWERX_HEALTH_* settings)."""
-    values: dict[str, float | int] = {}
-    for item in filter(None, (x.strip() for x in spec.split(","))):
-        name, _, raw = item.partition("=")
-        name = name.strip()
-        if name not in ProbeRule.__dataclass_fields__:
-            raise ValueError(f"unknown health rule field {name!r}")
-        kind = int if name in ("warn_after", "unreachable_after", "recover_after") else float
-        try:
-            number = kind(raw.strip())
-        except ValueError:
-            raise ValueError(f"health rule field {name} must be a number, got {raw!r}") from None
-        if not math.isfinite(number) or number < 0:
-            raise ValueError(f"health rule field {name} must be a number (finite, at least 0), got {raw!r}")
-        values[name] = number
-    return dataclasses.replace(base, **values)  # type: ignore[arg-type]
+    return parse_overrides(base, spec, "health rule")
 
 
 def default_rules() -> dict[int, ProbeRule]:
@@ -162,15 +147,7 @@ class HealthMonitor:
                         continue
                     self._next_probe[ep.endpoint_id] = now + rule.interval_s
                     self._running.add(ep.endpoint_id)
-                    target = Target(
-                        endpoint_id=ep.endpoint_id,
-                        uri=ep.uri,
-                        session_id=ep.session_id,
-                        metadata=ep.metadata,
-                        provider_id=ep.provider_id,
-                        tenant_id=ep.tenant_id,
-                    )
-                    task = asyncio.create_task(self._probe(sem, target, ep.transport, rule))
+                    task = asyncio.create_task(self._probe(sem, Target.of(ep), ep.transport, rule))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 for gone in set(self._trackers) - seen:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -15,11 +17,11 @@ import random
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from google.protobuf import duration_pb2, json_format, struct_pb2
-from google.rpc import code_pb2, status_pb2
+from google.rpc import code_pb2
 
 from powerx.common.v1 import common_pb2
 from powerx.provider.v1 import provider_service_pb2 as provider_pb2
@@ -43,9 +45,9 @@ from servers.common.errors import (
     NotFound,
     PermissionDenied,
     Unavailable,
-    code_of,
     to_status,
 )
+from servers.common.streams import stream_end
 from servers.common.validate import Violations
 from servers.registry import validation
 from servers.registry.service import require_tenant
@@ -138,6 +140,9 @@ class _Invocation:
     attempts: list[route_pb2.Attempt] = field(default_factory=list)
     excluded: set[str] = field(default_factory=set)
     retry_slot: bool = False
+    # How it ended, for the audit; the last failed attempt, reported when no endpoint is left.
+    outcome: str = "UNKNOWN"
+    last: tuple[Scored, TransportError] | None = None
     version: str = ""
     endpoint_id: str = ""
     transport: int = 0
@@ -379,13 +384,40 @@ class RouterService:
             resp.candidates.extend(self._explain(plan, chosen))
         return resp
 
-    def _start(self, ctx: CallContext, capability_id: str, rreq: RouteRequest, key: str) -> _Invocation:
+    @contextlib.contextmanager
+    def _invocation(
+        self, ctx: CallContext, capability_id: str, rreq: RouteRequest, key: str, *, streamed: bool
+    ) -> Iterator[_Invocation]:
+        """One routed call: counted against the retry budget while it runs, audited when it ends."""
         now = self.clock()
         remaining = ctx.time_remaining()
         timeout = self.config.default_timeout_s if remaining is None else remaining
         if timeout <= 0:
             raise DeadlineExceeded("the call's deadline passed before it could be routed")
-        return _Invocation(capability_id, rreq, key, now + timeout, now)
+        inv = _Invocation(capability_id, rreq, key, now + timeout, now)
+        if streamed:
+            inv.outcome = "CANCELLED"  # until it completes or fails: the caller went away
+        self.budget.active += 1
+        try:
+            yield inv
+        except MeshError as exc:
+            inv.outcome = exc.reason
+            raise
+        finally:
+            self.budget.active -= 1
+            if inv.retry_slot:
+                self.budget.release()
+            self._audit(inv, ctx, inv.outcome, streamed=streamed)
+
+    async def _route_attempt(self, inv: _Invocation, *, fresh: bool = False) -> tuple[Plan, Scored]:
+        """The plan and endpoint of the next attempt; when none is left, the last attempt's failure."""
+        try:
+            plan = await self._plan(inv.capability_id, _excluding(inv.route, inv.excluded), fresh=fresh)
+        except MeshError:
+            if inv.last is not None:  # every endpoint tried failed: report the last failure
+                raise self._final_error(inv, *inv.last) from None
+            raise
+        return plan, self._pick(plan)
 
     def _call(
         self, inv: _Invocation, s: Scored, ctx: CallContext, arguments: struct_pb2.Struct
@@ -405,15 +437,7 @@ class RouterService:
                 "the call's deadline passed", metadata={"attempts": str(len(inv.attempts))}
             )
         e = s.endpoint
-        target = Target(
-            endpoint_id=e.endpoint_id,
-            uri=e.uri,
-            session_id=e.session_id,
-            metadata=e.metadata,
-            labels=s.offering.labels,
-            provider_id=e.provider_id,
-            tenant_id=e.tenant_id,
-        )
+        target = Target.of(e, s.offering.labels)
         call = Call(
             capability_id=inv.capability_id,
             version=s.offering.version,
@@ -514,24 +538,10 @@ class RouterService:
             idempotency_key=req.idempotency_key,
             streaming=False,
         )
-        inv = self._start(ctx, req.capability_id, rreq, req.idempotency_key)
-        self.budget.active += 1
-        outcome = "UNKNOWN"
         explained: list[route_pb2.Candidate] = []
-        try:
-            last: tuple[Scored, TransportError] | None = None
+        with self._invocation(ctx, req.capability_id, rreq, req.idempotency_key, streamed=False) as inv:
             while True:
-                try:
-                    plan = await self._plan(
-                        req.capability_id,
-                        _excluding(rreq, inv.excluded),
-                        fresh=req.explain and not inv.attempts,
-                    )
-                except MeshError:
-                    if last is not None:  # every endpoint tried failed: report the last failure
-                        raise self._final_error(inv, *last) from None
-                    raise
-                s = self._pick(plan)
+                plan, s = await self._route_attempt(inv, fresh=req.explain and not inv.attempts)
                 if req.explain and not inv.attempts:
                     explained = self._explain(plan, s)
                 target, call = self._call(inv, s, ctx, req.arguments)
@@ -540,8 +550,7 @@ class RouterService:
                 try:
                     value = await self._transport(s).invoke(target, call)
                 except TransportError as err:
-                    in_flight.done()
-                    last = (s, err)
+                    inv.last = (s, err)
                     if not self._failed(inv, s, err, started):
                         raise self._final_error(inv, s, err) from None
                     continue
@@ -550,7 +559,7 @@ class RouterService:
                 elapsed = self.clock() - started
                 self.stats.success(s.endpoint.endpoint_id, elapsed * 1000, self.clock())
                 self.metrics.latency.labels(req.capability_id).observe(elapsed)
-                outcome = "OK"
+                inv.outcome = "OK"
                 resp = rt.InvokeResponse(
                     endpoint=self._endpoint_message(s),
                     version=s.offering.version,
@@ -560,14 +569,6 @@ class RouterService:
                 )
                 resp.result.CopyFrom(value)
                 return resp
-        except MeshError as exc:
-            outcome = exc.reason
-            raise
-        finally:
-            self.budget.active -= 1
-            if inv.retry_slot:
-                self.budget.release()
-            self._audit(inv, ctx, outcome, streamed=False)
 
     async def invoke_stream(
         self, req: rt.InvokeStreamRequest, ctx: CallContext
@@ -588,20 +589,10 @@ class RouterService:
             idempotency_key=req.idempotency_key,
             streaming=None,  # a unary capability streams its one result
         )
-        inv = self._start(ctx, req.capability_id, rreq, req.idempotency_key)
-        self.budget.active += 1
-        outcome = "CANCELLED"
         sequence = 0
-        try:
-            last: tuple[Scored, TransportError] | None = None
+        with self._invocation(ctx, req.capability_id, rreq, req.idempotency_key, streamed=True) as inv:
             while True:
-                try:
-                    plan = await self._plan(req.capability_id, _excluding(rreq, inv.excluded))
-                except MeshError:
-                    if last is not None:
-                        raise self._final_error(inv, *last) from None
-                    raise
-                s = self._pick(plan)
+                _, s = await self._route_attempt(inv)
                 target, call = self._call(inv, s, ctx, req.arguments)
                 started = self.clock()
                 first_at = 0.0
@@ -620,15 +611,15 @@ class RouterService:
                             chunk=_stream_chunk(chunk, sequence, s.endpoint.endpoint_id)
                         )
                 except TransportError as err:
-                    in_flight.done()
-                    last = (s, err)
+                    in_flight.done()  # now, not after the final message below reaches a slow reader
+                    inv.last = (s, err)
                     may_retry = self._failed(inv, s, err, started)
                     if sequence == 0 and may_retry:
                         continue
                     if sequence == 0:
                         raise self._final_error(inv, s, err) from None
                     final = self._final_error(inv, s, err)
-                    outcome = final.reason
+                    inv.outcome = final.reason
                     yield rt.InvokeStreamResponse(end=_end("FAILED", final, sequence))
                     return
                 finally:
@@ -636,17 +627,9 @@ class RouterService:
                     await chunks.aclose()  # type: ignore[attr-defined]
                 ttfc = (first_at or self.clock()) - started
                 self.stats.success(s.endpoint.endpoint_id, ttfc * 1000, self.clock())
-                outcome = "OK"
+                inv.outcome = "OK"
                 yield rt.InvokeStreamResponse(end=_end("COMPLETED", None, sequence))
                 return
-        except MeshError as exc:
-            outcome = exc.reason
-            raise
-        finally:
-            self.budget.active -= 1
-            if inv.retry_slot:
-                self.budget.release()
-            self._audit(inv, ctx, outcome, streamed=True)
 
     async def report_outcome(
         self, req: rt.ReportOutcomeRequest, ctx: CallContext
@@ -711,20 +694,7 @@ async def _one(
 
 
 def _excluding(req: RouteRequest, excluded: set[str]) -> RouteRequest:
-    if not excluded:
-        return req
-    return RouteRequest(
-        tenant_id=req.tenant_id,
-        scopes=req.scopes,
-        version=req.version,
-        prefer_transports=req.prefer_transports,
-        prefer_regions=req.prefer_regions,
-        only_transports=req.only_transports,
-        only_regions=req.only_regions,
-        region=req.region,
-        exclude=req.exclude | excluded,
-        streaming=req.streaming,
-    )
+    return dataclasses.replace(req, exclude=req.exclude | excluded) if excluded else req
 
 
 def _stream_chunk(chunk: object, sequence: int, endpoint_id: str) -> rt.StreamChunk:
@@ -740,11 +710,4 @@ def _stream_chunk(chunk: object, sequence: int, endpoint_id: str) -> rt.StreamCh
 
 
 def _end(reason: str, error: MeshError | None, sequence: int) -> common_pb2.StreamEnd:
-    if error is None:
-        status = status_pb2.Status(code=code_pb2.OK)
-    else:
-        status = to_status(error, "router.powerx")
-        status.code = code_of(error)
-    end = common_pb2.StreamEnd(reason=reason, status=status, last_sequence=sequence)
-    end.end_time.GetCurrentTime()
-    return end
+    return stream_end(reason, sequence, None if error is None else to_status(error, "router.powerx"))

@@ -114,7 +114,7 @@ class RouteSnapshot:
         self.generations: dict[str, int] = defaultdict(int)
         self.revision = 0
         self.endpoint_listeners: list[Callable[[str], None]] = []
-        self._checkers: dict[bytes, _SchemaCheck] = {}
+        self._checkers: dict[bytes, _SchemaCheck | None] = {}
 
     # ---- reads (the call path) --------------------------------------------------------------------
 
@@ -264,16 +264,16 @@ class RouteSnapshot:
         """
         if not cap.HasField("input_schema"):
             return None
-        schema = json_format.MessageToDict(cap.input_schema)
-        if set(schema) <= _ANNOTATIONS and schema.get("type", "object") == "object":
-            return None  # `{"type": "object"}` and the like: arguments are always an object
         key = cap.input_schema.SerializeToString(deterministic=True)
-        checker = self._checkers.get(key)
-        if checker is None:
+        if key not in self._checkers:  # a rebuild of the same capability reuses it: no conversion again
             if len(self._checkers) > 10_000:
                 self._checkers.clear()
-            checker = self._checkers[key] = _SchemaCheck(cap.capability_id, schema)
-        return checker.check
+            schema = json_format.MessageToDict(cap.input_schema)
+            # `{"type": "object"}` and the like accept every call's arguments (always an object).
+            trivial = set(schema) <= _ANNOTATIONS and schema.get("type", "object") == "object"
+            self._checkers[key] = None if trivial else _SchemaCheck(cap.capability_id, schema)
+        checker = self._checkers[key]
+        return checker.check if checker is not None else None
 
     def describe(self, capability_id: str) -> list[dict[str, object]]:
         """A JSON-friendly dump of one capability's offerings (for logs and debugging)."""

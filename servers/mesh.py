@@ -34,7 +34,7 @@ from servers.common.bus import EventBus, make_bus
 from servers.common.context import CallContext
 from servers.common.db import create_engine, migrate
 from servers.common.interceptor import ContextInterceptor
-from servers.common.settings import Settings
+from servers.common.settings import Settings, parse_overrides
 from servers.common.unimplemented import unimplemented_servicer
 from servers.registry.service import RegistryService, lease_sweeper
 from servers.registry.servicer import RegistryServicer
@@ -49,18 +49,6 @@ def _router_config(settings: Settings) -> RouterConfig:
         # Shared by every mesh process, so a token from one is accepted by the others.
         config = dataclasses.replace(config, route_token_secret=settings.route_token_secret.encode())
     return config
-
-
-def _outlier_config(spec: str) -> OutlierConfig:
-    """OutlierConfig with overrides from `consecutive_failures=5,base_ejection_s=30,…`."""
-    values: dict[str, float | int] = {}
-    for item in filter(None, (x.strip() for x in spec.split(","))):
-        name, _, raw = item.partition("=")
-        name = name.strip()
-        if name not in OutlierConfig.__dataclass_fields__:
-            raise ValueError(f"unknown POWERX_OUTLIER field {name!r}")
-        values[name] = int(raw) if name == "consecutive_failures" else float(raw)
-    return OutlierConfig(**values)  # type: ignore[arg-type]
 
 
 SERVICE_NAMES = (
@@ -165,7 +153,7 @@ async def start_mesh(settings: Settings) -> Mesh:
         snapshot,
         follower,
         transports=transports,
-        stats=StatsTable(_outlier_config(settings.outlier)),
+        stats=StatsTable(parse_overrides(OutlierConfig(), settings.outlier, "POWERX_OUTLIER")),
         metrics=RouterMetrics(metrics_registry, snapshot),
         audit=audit,
         config=_router_config(settings),

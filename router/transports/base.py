@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from google.protobuf import struct_pb2
-from google.rpc import code_pb2
+from google.rpc import code_pb2, status_pb2
 
 from powerx.provider.v1 import provider_service_pb2 as provider_pb2
+
+if TYPE_CHECKING:
+    from router.policy import RouteEndpoint
 
 # Codes worth trying on another endpoint: the endpoint (not the request) is the likely problem.
 RETRYABLE_CODES = frozenset(
@@ -24,6 +27,21 @@ RETRYABLE_CODES = frozenset(
         code_pb2.ABORTED,
         code_pb2.INTERNAL,
         code_pb2.UNKNOWN,
+    }
+)
+
+# Codes a provider sends about the request itself: another endpoint would answer the same.
+REQUEST_CODES = frozenset(
+    {
+        code_pb2.INVALID_ARGUMENT,
+        code_pb2.NOT_FOUND,
+        code_pb2.ALREADY_EXISTS,
+        code_pb2.PERMISSION_DENIED,
+        code_pb2.UNAUTHENTICATED,
+        code_pb2.FAILED_PRECONDITION,
+        code_pb2.OUT_OF_RANGE,
+        code_pb2.UNIMPLEMENTED,
+        code_pb2.CANCELLED,
     }
 )
 
@@ -49,6 +67,19 @@ class Target:
     labels: Mapping[str, str] = field(default_factory=dict)
     provider_id: str = ""
     tenant_id: str = ""
+
+    @classmethod
+    def of(cls, e: RouteEndpoint, labels: Mapping[str, str] | None = None) -> Target:
+        """The target of a route-table endpoint, with the labels of the capability being called."""
+        return cls(
+            endpoint_id=e.endpoint_id,
+            uri=e.uri,
+            session_id=e.session_id,
+            metadata=e.metadata,
+            labels=labels or {},
+            provider_id=e.provider_id,
+            tenant_id=e.tenant_id,
+        )
 
 
 @dataclass(frozen=True)
@@ -120,6 +151,15 @@ class TransportError(Exception):
 
     def __repr__(self) -> str:
         return f"TransportError({code_pb2.Code.Name(self.code)}, {self.message!r}, sent={self.sent})"
+
+
+def chunk_error(error: status_pb2.Status, where: str) -> TransportError:
+    """The failure a provider reported inside a stream (the `error` chunk of InvokeStreamResponse)."""
+    return TransportError(
+        error.code or code_pb2.UNKNOWN,
+        f"{where}: {error.message}"[:1000],
+        provider_error=error.code in REQUEST_CODES,
+    )
 
 
 @dataclass(frozen=True)

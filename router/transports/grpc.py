@@ -13,24 +13,10 @@ from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from powerx.provider.v1 import provider_service_pb2 as provider_pb2
-from router.transports.base import Call, ProbeResult, Target, TransportError
+from router.transports.base import REQUEST_CODES, Call, ProbeResult, Target, TransportError, chunk_error
 
 _INVOKE = "/powerx.provider.v1.ProviderService/Invoke"
 _STREAM = "/powerx.provider.v1.ProviderService/InvokeStream"
-# Codes a provider sends about the request itself: another endpoint would answer the same.
-_REQUEST_CODES = frozenset(
-    {
-        code_pb2.INVALID_ARGUMENT,
-        code_pb2.NOT_FOUND,
-        code_pb2.ALREADY_EXISTS,
-        code_pb2.PERMISSION_DENIED,
-        code_pb2.UNAUTHENTICATED,
-        code_pb2.FAILED_PRECONDITION,
-        code_pb2.OUT_OF_RANGE,
-        code_pb2.UNIMPLEMENTED,
-        code_pb2.CANCELLED,
-    }
-)
 # grpc-core's wording when no connection could be made: the request was never sent.
 _NOT_SENT_MARKERS = ("failed to connect", "connection refused", "name resolution", "dns resolution")
 
@@ -60,7 +46,7 @@ def error_from_rpc(exc: grpc.aio.AioRpcError, what: str) -> TransportError:
     code = exc.code().value[0]
     details = exc.details() or code_pb2.Code.Name(code)
     sent = not (code == code_pb2.UNAVAILABLE and any(m in details.lower() for m in _NOT_SENT_MARKERS))
-    return TransportError(code, f"{what}: {details}"[:1000], sent=sent, provider_error=code in _REQUEST_CODES)
+    return TransportError(code, f"{what}: {details}"[:1000], sent=sent, provider_error=code in REQUEST_CODES)
 
 
 class _Endpoint:
@@ -128,11 +114,7 @@ class GrpcTransport:
         try:
             async for chunk in rpc:
                 if chunk.HasField("error"):
-                    raise TransportError(
-                        chunk.error.code or code_pb2.UNKNOWN,
-                        f"grpc {ep.target}: {chunk.error.message}"[:1000],
-                        provider_error=chunk.error.code in _REQUEST_CODES,
-                    )
+                    raise chunk_error(chunk.error, f"grpc {ep.target}")
                 yield chunk
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, f"grpc {ep.target}") from None

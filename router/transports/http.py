@@ -15,7 +15,7 @@ from google.protobuf import json_format, struct_pb2
 from google.rpc import code_pb2
 
 from powerx.provider.v1 import provider_service_pb2 as provider_pb2
-from router.transports.base import Call, ProbeResult, Target, TransportError
+from router.transports.base import Call, ProbeResult, Target, TransportError, chunk_error
 
 # grpc-gateway's mapping, reversed, for answers that carry no google.rpc.Status body.
 _HTTP_TO_CODE = {
@@ -184,10 +184,5 @@ def _chunk(line: str, where: str) -> provider_pb2.InvokeStreamResponse:
             code_pb2.INTERNAL, f"{where}: a stream line is not an InvokeStreamResponse"
         ) from None
     if chunk.HasField("error"):
-        raise TransportError(
-            chunk.error.code or code_pb2.UNKNOWN,
-            f"{where}: {chunk.error.message}"[:1000],
-            provider_error=chunk.error.code
-            in (code_pb2.INVALID_ARGUMENT, code_pb2.FAILED_PRECONDITION, code_pb2.NOT_FOUND),
-        )
+        raise chunk_error(chunk.error, where)
     return chunk

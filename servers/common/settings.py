@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def _env(name: str, default: str) -> str:
@@ -101,6 +106,32 @@ class Settings:
         if self.database_url:
             return normalize_database_url(self.database_url)
         return f"sqlite+aiosqlite:///{(self.data_dir / 'mesh.db').resolve()}"
+
+
+def parse_overrides(base: T, spec: str, what: str) -> T:
+    """`base` with numeric fields replaced from `name=value,name=value` (POWERX_HEALTH_*, POWERX_OUTLIER).
+
+    Fields annotated `int` take whole numbers, the others floats; every value must be finite and >= 0.
+
+    Raises:
+        ValueError: An unknown field, or a value that is not such a number.
+    """
+    kinds = {f.name: f.type for f in dataclasses.fields(base)}  # type: ignore[arg-type]
+    values: dict[str, float | int] = {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        name, _, raw = item.partition("=")
+        name = name.strip()
+        if name not in kinds:
+            raise ValueError(f"unknown {what} field {name!r}")
+        kind = int if kinds[name] in ("int", int) else float
+        try:
+            number = kind(raw.strip())
+        except ValueError:
+            raise ValueError(f"{what} field {name} must be a number, got {raw!r}") from None
+        if not math.isfinite(number) or number < 0:
+            raise ValueError(f"{what} field {name} must be a number (finite, at least 0), got {raw!r}")
+        values[name] = number
+    return dataclasses.replace(base, **values)  # type: ignore[type-var]
 
 
 def normalize_database_url(url: str) -> str:

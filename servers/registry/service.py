@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
 from google.protobuf import duration_pb2, timestamp_pb2
-from google.rpc import code_pb2, status_pb2
 
 from powerx.common.v1 import common_pb2
 from powerx.registry.v1 import (
@@ -29,6 +28,7 @@ from powerx.registry.v1 import (
 from servers.common.bus import EventBus
 from servers.common.context import CallContext, valid_tenant
 from servers.common.errors import FailedPrecondition, InvalidArgument, NotFound, TenantRequired
+from servers.common.streams import stream_end
 from servers.common.validate import Violations, next_page_token, page_request, semver_key
 from servers.registry import validation
 from servers.registry.store import (
@@ -931,11 +931,7 @@ class RegistryService:
 
     @staticmethod
     def _end(reason: str, revision: int) -> rs.WatchRegistryResponse:
-        end = common_pb2.StreamEnd(
-            reason=reason, status=status_pb2.Status(code=code_pb2.OK), last_sequence=revision
-        )
-        end.end_time.GetCurrentTime()
-        return rs.WatchRegistryResponse(end=end)
+        return rs.WatchRegistryResponse(end=stream_end(reason, revision))
 
 
 async def lease_sweeper(service: RegistryService, interval_s: float, stop: asyncio.Event) -> None:

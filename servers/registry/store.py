@@ -165,6 +165,20 @@ def _split(text: str) -> tuple[str, ...]:
     return tuple(x for x in text.split("\n") if x)
 
 
+def _event_row(r: Any) -> EventRow:
+    """An event as stored, with its id lists split."""
+    return EventRow(
+        revision=r.revision,
+        tenant_id=r.tenant_id,
+        provider_id=r.provider_id,
+        type=r.type,
+        capability_ids=_split(r.capability_ids),
+        grantees=_split(r.grantees),
+        payload=r.payload,
+        created_ms=r.created_ms,
+    )
+
+
 def _visible_caps(tenant_id: str) -> sa.ColumnElement[bool]:
     shared = (
         sa.select(grants_t.c.grantee)
@@ -541,23 +555,8 @@ class RegistryStore:
         )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(q)).all()
-        out = []
-        for r in rows:
-            grantees = _split(r.grantees)
-            if r.tenant_id == tenant_id or tenant_id in grantees or "*" in grantees:
-                out.append(
-                    EventRow(
-                        revision=r.revision,
-                        tenant_id=r.tenant_id,
-                        provider_id=r.provider_id,
-                        type=r.type,
-                        capability_ids=_split(r.capability_ids),
-                        grantees=grantees,
-                        payload=r.payload,
-                        created_ms=r.created_ms,
-                    )
-                )
-        return out
+        events = [_event_row(r) for r in rows]
+        return [e for e in events if e.tenant_id == tenant_id or tenant_id in e.grantees or "*" in e.grantees]
 
     async def last_event_revision_scanned(self, revision: int, limit: int = 500) -> int:
         """The highest revision among the next `limit` events after `revision` (any tenant), or `revision`."""
@@ -616,16 +615,4 @@ class RegistryStore:
         )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(q)).all()
-        return [
-            EventRow(
-                revision=r.revision,
-                tenant_id=r.tenant_id,
-                provider_id=r.provider_id,
-                type=r.type,
-                capability_ids=_split(r.capability_ids),
-                grantees=_split(r.grantees),
-                payload=r.payload,
-                created_ms=r.created_ms,
-            )
-            for r in rows
-        ]
+        return [_event_row(r) for r in rows]
