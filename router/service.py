@@ -17,7 +17,7 @@ import random
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from google.protobuf import duration_pb2, json_format, struct_pb2
@@ -128,6 +128,10 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return d
 
 
+# (context, capability id, arguments) -> metadata describing the calling agent to the callee.
+CallerGuard = Callable[[CallContext, str, struct_pb2.Struct], Awaitable[Mapping[str, str]]]
+
+
 @dataclass
 class _Invocation:
     """Book-keeping of one routed call across its attempts."""
@@ -174,6 +178,9 @@ class RouterService:
         self.clock = clock
         self.rng = rng or random.Random()  # noqa: S311 - load balancing, not security
         self.budget = RetryBudget(self.config.retry_budget_share, self.config.retry_min_concurrency)
+        # Admits calls made by agents (their token, grants, depth, signature, quota) and returns the
+        # metadata that carries the caller to the callee; plugged in by the agent service.
+        self.caller_guard: CallerGuard | None = None
         self._plans: dict[tuple[object, ...], _CachedPlan] = {}
         snapshot.endpoint_listeners.append(self._endpoint_gone)
 
@@ -419,8 +426,20 @@ class RouterService:
             raise
         return plan, self._pick(plan)
 
+    async def _admit(
+        self, ctx: CallContext, capability_id: str, arguments: struct_pb2.Struct
+    ) -> Mapping[str, str]:
+        if self.caller_guard is None or not ctx.bearer:
+            return {}
+        return await self.caller_guard(ctx, capability_id, arguments)
+
     def _call(
-        self, inv: _Invocation, s: Scored, ctx: CallContext, arguments: struct_pb2.Struct
+        self,
+        inv: _Invocation,
+        s: Scored,
+        ctx: CallContext,
+        arguments: struct_pb2.Struct,
+        metadata: Mapping[str, str],
     ) -> tuple[Target, Call]:
         check = s.offering.check_arguments
         if check is not None and not inv.attempts:
@@ -449,6 +468,7 @@ class RouterService:
             idempotency_key=inv.idempotency_key,
             attempt=len(inv.attempts) + 1,
             timeout_s=remaining,
+            metadata=metadata,
         )
         inv.version, inv.endpoint_id, inv.transport = s.offering.version, e.endpoint_id, e.transport
         return target, call
@@ -538,13 +558,14 @@ class RouterService:
             idempotency_key=req.idempotency_key,
             streaming=False,
         )
+        caller = await self._admit(ctx, req.capability_id, req.arguments)
         explained: list[route_pb2.Candidate] = []
         with self._invocation(ctx, req.capability_id, rreq, req.idempotency_key, streamed=False) as inv:
             while True:
                 plan, s = await self._route_attempt(inv, fresh=req.explain and not inv.attempts)
                 if req.explain and not inv.attempts:
                     explained = self._explain(plan, s)
-                target, call = self._call(inv, s, ctx, req.arguments)
+                target, call = self._call(inv, s, ctx, req.arguments, caller)
                 started = self.clock()
                 in_flight = self.stats.begin(s.endpoint.endpoint_id)
                 try:
@@ -589,18 +610,18 @@ class RouterService:
             idempotency_key=req.idempotency_key,
             streaming=None,  # a unary capability streams its one result
         )
+        caller = await self._admit(ctx, req.capability_id, req.arguments)
         sequence = 0
         with self._invocation(ctx, req.capability_id, rreq, req.idempotency_key, streamed=True) as inv:
             while True:
                 _, s = await self._route_attempt(inv)
-                target, call = self._call(inv, s, ctx, req.arguments)
+                target, call = self._call(inv, s, ctx, req.arguments, caller)
                 started = self.clock()
                 first_at = 0.0
                 in_flight = self.stats.begin(s.endpoint.endpoint_id)
                 transport = self._transport(s)
-                chunks = (
-                    transport.stream(target, call) if s.offering.streaming else _one(transport, target, call)
-                )
+                streams = s.offering.streaming or getattr(transport, "streams_unary", False)
+                chunks = transport.stream(target, call) if streams else _one(transport, target, call)
                 try:
                     async for chunk in chunks:
                         if not first_at:

@@ -9,9 +9,11 @@ import logging
 from dataclasses import dataclass, field
 
 import grpc
+from google.protobuf import struct_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from powerx.agent.v1 import agent_service_pb2, agent_service_pb2_grpc
 from powerx.common.v1 import common_pb2
@@ -30,6 +32,20 @@ from router.transports.base import Transport
 from router.transports.grpc import GrpcTransport
 from router.transports.http import HttpTransport
 from router.transports.mcp import McpTransport
+from servers.agent.dispatch import AgentDispatch
+from servers.agent.metrics import AgentMetrics
+from servers.agent.security import (
+    NonceMemory,
+    QuotaRule,
+    Quotas,
+    RedisNonces,
+    RedisQuotas,
+    TokenSigner,
+    load_secret,
+)
+from servers.agent.service import AgentConfig, AgentService
+from servers.agent.servicer import AgentServicer
+from servers.agent.store import AgentStore
 from servers.common.bus import EventBus, make_bus
 from servers.common.context import CallContext
 from servers.common.db import create_engine, migrate
@@ -41,6 +57,40 @@ from servers.registry.servicer import RegistryServicer
 from servers.registry.store import RegistryStore
 
 log = logging.getLogger("powerx.mesh")
+
+
+def _agent_service(
+    settings: Settings,
+    engine: AsyncEngine,
+    bus: EventBus,
+    registry: RegistryService,
+    metrics: CollectorRegistry,
+) -> AgentService:
+    config = AgentConfig(
+        default_heartbeat_s=settings.agent_heartbeat_s,
+        default_run_timeout_s=settings.agent_run_timeout_s,
+        require_signed_manifests=settings.agent_require_signed,
+        agent_quota=QuotaRule.parse(settings.agent_quota, "POWERX_AGENT_QUOTA"),
+        tenant_quota=QuotaRule.parse(settings.tenant_run_quota, "POWERX_TENANT_RUN_QUOTA"),
+        a2a_base_url=f"http://{settings.a2a_address}/a2a" if settings.a2a_address else "",
+    )
+    quotas: Quotas | None = None
+    nonces: NonceMemory | None = None
+    if settings.redis_url:
+        import redis.asyncio as aioredis  # noqa: PLC0415 (only with Redis)
+
+        client = aioredis.from_url(settings.redis_url)
+        quotas, nonces = RedisQuotas(client), RedisNonces(client)
+    return AgentService(
+        AgentStore(engine),
+        bus,
+        registry,
+        TokenSigner(load_secret(settings.agent_token_secret, settings.data_dir)),
+        config=config,
+        quotas=quotas,
+        nonces=nonces,
+        metrics=lambda counts: AgentMetrics(metrics, counts),
+    )
 
 
 def _router_config(settings: Settings) -> RouterConfig:
@@ -72,6 +122,7 @@ class Mesh:
     router: RouterService
     metrics: CollectorRegistry
     transports: dict[int, Transport]
+    agents: AgentService | None = None
     monitor: HealthMonitor | None = None
     audit: AuditLog | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -97,6 +148,8 @@ class Mesh:
                     await task
             if self.audit is not None:
                 await self.audit.close()
+            if self.agents is not None:
+                await self.agents.close()
             for transport in self.transports.values():
                 with contextlib.suppress(Exception):
                     await transport.close()
@@ -159,14 +212,18 @@ async def start_mesh(settings: Settings) -> Mesh:
         config=_router_config(settings),
     )
     router_service_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(router), server)
-    agent_service_pb2_grpc.add_AgentServiceServicer_to_server(
-        unimplemented_servicer(
-            agent_service_pb2_grpc.AgentServiceServicer,
-            agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"],
-            "it arrives with the agents work (registration, runs, scheduling)",
-        ),
-        server,
-    )
+    agents = _agent_service(settings, engine, bus, registry, metrics_registry)
+    await agents.start()
+    agent_transport = transports[common_pb2.TRANSPORT_AGENT]
+    assert isinstance(agent_transport, AgentTransport)
+    agent_transport.dispatcher = AgentDispatch(agents)
+
+    async def admit(ctx: CallContext, capability_id: str, arguments: struct_pb2.Struct) -> dict[str, str]:
+        caller = await agents.admit_agent_call(ctx, capability_id, arguments)
+        return caller.metadata() if caller is not None else {}
+
+    router.caller_guard = admit
+    agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(agents), server)
     connector_service_pb2_grpc.add_ConnectorServiceServicer_to_server(
         unimplemented_servicer(
             connector_service_pb2_grpc.ConnectorServiceServicer,
@@ -197,6 +254,7 @@ async def start_mesh(settings: Settings) -> Mesh:
         router=router,
         metrics=metrics_registry,
         transports=transports,
+        agents=agents,
         audit=audit,
     )
     mesh._engine = engine
@@ -207,6 +265,7 @@ async def start_mesh(settings: Settings) -> Mesh:
         )
     )
     mesh._tasks.append(asyncio.create_task(follower.run(mesh._stop), name="route-snapshot"))
+    mesh._tasks.append(asyncio.create_task(agents.run_sweeper(mesh._stop), name="agent-sweeper"))
     if settings.health_monitor:
         rules = default_rules()
         names = {

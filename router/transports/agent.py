@@ -28,17 +28,19 @@ class AgentDispatcher(Protocol):
         """Runs the call as a task and yields its output as it is produced."""
         ...
 
-    def heartbeat_age_s(self, target: Target) -> float | None:
-        """Seconds since the agent behind `target` last showed a sign of life; None if never."""
+    def liveness(self, target: Target) -> tuple[bool, str] | None:
+        """Whether the agent behind `target` is live (and why not); None when the agent is unknown."""
         ...
 
 
 class AgentTransport:
     """Routes calls to agents through the plugged-in dispatcher."""
 
-    def __init__(self, dispatcher: AgentDispatcher | None = None, *, inactive_after_s: float = 10.0) -> None:
+    # An agent's output is a stream whatever the capability says: InvokeStream always streams it.
+    streams_unary = True
+
+    def __init__(self, dispatcher: AgentDispatcher | None = None) -> None:
         self.dispatcher = dispatcher
-        self.inactive_after_s = inactive_after_s
 
     def _require(self) -> AgentDispatcher:
         if self.dispatcher is None:
@@ -57,16 +59,12 @@ class AgentTransport:
             yield chunk
 
     async def probe(self, target: Target, timeout_s: float) -> ProbeResult:
-        """An agent is alive while its heartbeats keep coming (seed 001 §5: 10 s without one → inactive)."""
-        if self.dispatcher is None:
+        """An agent is alive while the agent service counts it live (heartbeats within its interval)."""
+        verdict = None if self.dispatcher is None else self.dispatcher.liveness(target)
+        if verdict is None:
             return ProbeResult(ok=True)  # nothing to judge by: leave the registry's state alone
-        age = self.dispatcher.heartbeat_age_s(target)
-        if age is None or age > self.inactive_after_s:
-            shown = "never" if age is None else f"{age:.0f}s ago"
-            return ProbeResult(
-                ok=False, detail=f"no heartbeat within {self.inactive_after_s:.0f}s (last {shown})"
-            )
-        return ProbeResult(ok=True)
+        ok, detail = verdict
+        return ProbeResult(ok=ok, detail=detail)
 
     async def forget(self, endpoint_id: str) -> None:
         """Nothing cached per endpoint."""

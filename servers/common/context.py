@@ -22,6 +22,10 @@ PRINCIPAL_HEADER = "x-principal"
 # Until authentication lands (production posture work), the caller's scopes arrive in this header,
 # space- or comma-separated, and are trusted like the principal.
 SCOPES_HEADER = "x-scopes"
+AUTHORIZATION_HEADER = "authorization"
+# Agent-to-agent calls: the run the call is part of, and the calling agent's signature (sdk.signing).
+PARENT_RUN_HEADER = "x-powerx-parent-run"
+AGENT_SIGNATURE_HEADER = "x-powerx-agent-signature"
 _SCOPE = re.compile(r"^[A-Za-z0-9._:*-]{1,128}$")
 
 
@@ -38,6 +42,9 @@ class CallContext:
         trace_id: W3C trace id (32 hex digits).
         span_id: Span id to use as the parent of outbound calls (16 hex digits).
         deadline: Absolute `time.monotonic()` deadline of the call, or None.
+        bearer: The bearer credential of `authorization: Bearer …` (an agent token), or empty.
+        parent_run_id: `x-powerx-parent-run`: the run an agent's call is part of, or empty.
+        agent_signature: `x-powerx-agent-signature` of an agent's call, or empty.
     """
 
     tenant_id: str = ""
@@ -47,6 +54,9 @@ class CallContext:
     trace_id: str = ""
     span_id: str = ""
     deadline: float | None = None
+    bearer: str = field(default="", repr=False)
+    parent_run_id: str = ""
+    agent_signature: str = field(default="", repr=False)
 
     @property
     def traceparent(self) -> str:
@@ -105,6 +115,7 @@ def from_metadata(metadata: Iterable[tuple[str, str | bytes]], time_remaining: f
     span_id = secrets.token_hex(8)
     deadline = None if time_remaining is None else time.monotonic() + time_remaining
     scopes = frozenset(s for s in md.get(SCOPES_HEADER, "").replace(",", " ").split()[:64] if _SCOPE.match(s))
+    scheme, _, credential = md.get(AUTHORIZATION_HEADER, "").strip().partition(" ")
     return CallContext(
         tenant_id=md.get(TENANT_HEADER, "").strip(),
         principal=md.get(PRINCIPAL_HEADER, "anonymous").strip() or "anonymous",
@@ -113,6 +124,9 @@ def from_metadata(metadata: Iterable[tuple[str, str | bytes]], time_remaining: f
         trace_id=trace_id,
         span_id=span_id,
         deadline=deadline,
+        bearer=credential.strip()[:2048] if scheme.lower() == "bearer" else "",
+        parent_run_id=md.get(PARENT_RUN_HEADER, "").strip()[:64],
+        agent_signature=md.get(AGENT_SIGNATURE_HEADER, "").strip()[:512],
     )
 
 

@@ -64,6 +64,15 @@ class Settings:
     outlier: str = ""
     # Executables an MCP `stdio:` endpoint may start on the mesh host (`*`: any); none by default.
     mcp_stdio_commands: tuple[str, ...] = ()
+    # Agents: token secret (shared by processes on one database; else kept in the data folder), signed
+    # manifests only, quotas as `rate=50,burst=100`, default heartbeat and run timeout, A2A listener.
+    agent_token_secret: str = ""
+    agent_require_signed: bool = False
+    agent_quota: str = "rate=50,burst=100"
+    tenant_run_quota: str = "rate=200,burst=400"
+    agent_heartbeat_s: float = 10.0
+    agent_run_timeout_s: float = 300.0
+    a2a_address: str = ""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -98,6 +107,13 @@ class Settings:
             mcp_stdio_commands=tuple(
                 c.strip() for c in _env("POWERX_MCP_STDIO_COMMANDS", "").split(",") if c.strip()
             ),
+            agent_token_secret=_env("POWERX_AGENT_TOKEN_SECRET", ""),
+            agent_require_signed=_env("POWERX_AGENT_REQUIRE_SIGNED", "0") not in ("0", "false", "off"),
+            agent_quota=_env("POWERX_AGENT_QUOTA", cls.agent_quota),
+            tenant_run_quota=_env("POWERX_TENANT_RUN_QUOTA", cls.tenant_run_quota),
+            agent_heartbeat_s=_env_float("POWERX_AGENT_HEARTBEAT_S", cls.agent_heartbeat_s),
+            agent_run_timeout_s=_env_float("POWERX_AGENT_RUN_TIMEOUT_S", cls.agent_run_timeout_s),
+            a2a_address=_env("POWERX_A2A_ADDRESS", ""),
         )
 
     @property

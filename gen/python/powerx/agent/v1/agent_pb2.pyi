@@ -45,7 +45,7 @@ ISOLATION_LEVEL_CONTAINER: IsolationLevel
 ISOLATION_LEVEL_THREAD: IsolationLevel
 
 class Agent(_message.Message):
-    __slots__ = ("agent_id", "tenant_id", "display_name", "version", "author", "description", "runtime", "skills", "endpoints", "tool_grants", "labels", "roles", "tenant_scopes", "signature", "a2a_card_url", "a2a_card", "state", "state_reason", "state_change_time", "session_id", "last_heartbeat_time", "load", "stats", "token_issue_time", "manifest_digest", "create_time", "update_time")
+    __slots__ = ("agent_id", "tenant_id", "display_name", "version", "author", "description", "runtime", "skills", "endpoints", "tool_grants", "labels", "roles", "tenant_scopes", "signature", "a2a_card_url", "a2a_card", "state", "state_reason", "state_change_time", "session_id", "last_heartbeat_time", "load", "stats", "token_issue_time", "manifest_digest", "create_time", "update_time", "public_key")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +80,7 @@ class Agent(_message.Message):
     MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     tenant_id: str
     display_name: str
@@ -107,7 +108,8 @@ class Agent(_message.Message):
     manifest_digest: str
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, agent_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., display_name: _Optional[str] = ..., version: _Optional[str] = ..., author: _Optional[str] = ..., description: _Optional[str] = ..., runtime: _Optional[_Union[AgentRuntime, _Mapping]] = ..., skills: _Optional[_Iterable[str]] = ..., endpoints: _Optional[_Iterable[_Union[AgentEndpoint, _Mapping]]] = ..., tool_grants: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., roles: _Optional[_Iterable[str]] = ..., tenant_scopes: _Optional[_Iterable[str]] = ..., signature: _Optional[str] = ..., a2a_card_url: _Optional[str] = ..., a2a_card: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., state: _Optional[_Union[AgentState, str]] = ..., state_reason: _Optional[str] = ..., state_change_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., session_id: _Optional[str] = ..., last_heartbeat_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., load: _Optional[_Union[AgentLoad, _Mapping]] = ..., stats: _Optional[_Union[AgentStats, _Mapping]] = ..., token_issue_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., manifest_digest: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    public_key: str
+    def __init__(self, agent_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., display_name: _Optional[str] = ..., version: _Optional[str] = ..., author: _Optional[str] = ..., description: _Optional[str] = ..., runtime: _Optional[_Union[AgentRuntime, _Mapping]] = ..., skills: _Optional[_Iterable[str]] = ..., endpoints: _Optional[_Iterable[_Union[AgentEndpoint, _Mapping]]] = ..., tool_grants: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., roles: _Optional[_Iterable[str]] = ..., tenant_scopes: _Optional[_Iterable[str]] = ..., signature: _Optional[str] = ..., a2a_card_url: _Optional[str] = ..., a2a_card: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., state: _Optional[_Union[AgentState, str]] = ..., state_reason: _Optional[str] = ..., state_change_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., session_id: _Optional[str] = ..., last_heartbeat_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., load: _Optional[_Union[AgentLoad, _Mapping]] = ..., stats: _Optional[_Union[AgentStats, _Mapping]] = ..., token_issue_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., manifest_digest: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., public_key: _Optional[str] = ...) -> None: ...
 
 class AgentRuntime(_message.Message):
     __slots__ = ("heartbeat_interval", "max_concurrency", "tenant_scope", "isolation_level", "region", "cost_weight")

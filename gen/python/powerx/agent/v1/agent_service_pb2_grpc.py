@@ -32,8 +32,9 @@ class AgentServiceStub:
     (RecordHeartbeat, Connect, PullAssignments, PublishRunOutput, CompleteRun, and re-registration)
     authenticate with its token in metadata `authorization: Bearer agt_…`, which also fixes the tenant;
     an agent may only touch itself and the runs assigned to it. An agent that misses three heartbeats
-    in a row becomes DISCONNECTED: runs it has not accepted go back to the queue, runs it was running
-    stay with it until it comes back on the same session or they time out.
+    in a row becomes DISCONNECTED: its unfinished runs that name a skill go back to the queue and on to
+    another agent with the skill, keeping the output they already produced; runs without a skill wait
+    for the agent to come back (or time out).
     """
 
     def __init__(self, channel):
@@ -146,8 +147,9 @@ class AgentServiceServicer:
     (RecordHeartbeat, Connect, PullAssignments, PublishRunOutput, CompleteRun, and re-registration)
     authenticate with its token in metadata `authorization: Bearer agt_…`, which also fixes the tenant;
     an agent may only touch itself and the runs assigned to it. An agent that misses three heartbeats
-    in a row becomes DISCONNECTED: runs it has not accepted go back to the queue, runs it was running
-    stay with it until it comes back on the same session or they time out.
+    in a row becomes DISCONNECTED: its unfinished runs that name a skill go back to the queue and on to
+    another agent with the skill, keeping the output they already produced; runs without a skill wait
+    for the agent to come back (or time out).
     """
 
     def ListAgents(self, request, context):
@@ -236,17 +238,18 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DisconnectAgent(self, request, context):
-        """Takes an agent offline: ends its session (its Connect stream ends), makes it DISCONNECTED, sends
-        the runs it has not accepted back to the queue and fails the runs it was running with UNAVAILABLE.
-        Its registration and token stay, so it may register again.
+        """Takes an agent offline: ends its session (its Connect stream ends), makes it DISCONNECTED and
+        hands its unfinished runs on as a missed heartbeat does. Its registration and token stay, so it
+        may register again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteAgent(self, request, context):
-        """Retires an agent: revokes its token, ends its session, removes its skills from the registry and
-        fails its unfinished runs with UNAVAILABLE. The record stays with state RETIRED.
+        """Retires an agent: revokes its token, ends its session, removes its skills from the registry,
+        hands its unfinished runs that name a skill on to other agents and fails the others with
+        UNAVAILABLE. The record stays with state RETIRED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -424,8 +427,9 @@ class AgentService:
     (RecordHeartbeat, Connect, PullAssignments, PublishRunOutput, CompleteRun, and re-registration)
     authenticate with its token in metadata `authorization: Bearer agt_…`, which also fixes the tenant;
     an agent may only touch itself and the runs assigned to it. An agent that misses three heartbeats
-    in a row becomes DISCONNECTED: runs it has not accepted go back to the queue, runs it was running
-    stay with it until it comes back on the same session or they time out.
+    in a row becomes DISCONNECTED: its unfinished runs that name a skill go back to the queue and on to
+    another agent with the skill, keeping the output they already produced; runs without a skill wait
+    for the agent to come back (or time out).
     """
 
     @staticmethod

@@ -80,7 +80,7 @@ class Task(_message.Message):
     def __init__(self, goal: _Optional[str] = ..., inputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., grants: _Optional[_Iterable[str]] = ..., actor_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., skill: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., parent_run_id: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "tenant_id", "task", "agent_id", "session_id", "state", "state_reason", "strategy", "region", "role", "caller_agent_id", "depth", "attempt", "result", "error", "last_sequence", "create_time", "assign_time", "start_time", "end_time", "deadline_time", "update_time")
+    __slots__ = ("run_id", "tenant_id", "task", "agent_id", "session_id", "state", "state_reason", "strategy", "region", "role", "caller_agent_id", "depth", "attempt", "result", "error", "last_sequence", "create_time", "assign_time", "start_time", "end_time", "deadline_time", "update_time", "caller_signature")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +103,7 @@ class Run(_message.Message):
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    CALLER_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     tenant_id: str
     task: Task
@@ -125,7 +126,8 @@ class Run(_message.Message):
     end_time: _timestamp_pb2.Timestamp
     deadline_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, run_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., task: _Optional[_Union[Task, _Mapping]] = ..., agent_id: _Optional[str] = ..., session_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., state_reason: _Optional[str] = ..., strategy: _Optional[_Union[SchedulingStrategy, str]] = ..., region: _Optional[str] = ..., role: _Optional[str] = ..., caller_agent_id: _Optional[str] = ..., depth: _Optional[int] = ..., attempt: _Optional[int] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., last_sequence: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., assign_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    caller_signature: str
+    def __init__(self, run_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., task: _Optional[_Union[Task, _Mapping]] = ..., agent_id: _Optional[str] = ..., session_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., state_reason: _Optional[str] = ..., strategy: _Optional[_Union[SchedulingStrategy, str]] = ..., region: _Optional[str] = ..., role: _Optional[str] = ..., caller_agent_id: _Optional[str] = ..., depth: _Optional[int] = ..., attempt: _Optional[int] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., last_sequence: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., assign_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., caller_signature: _Optional[str] = ...) -> None: ...
 
 class RunEvent(_message.Message):
     __slots__ = ("sequence", "run_id", "event_time", "token", "log", "state_change", "result", "artifact")

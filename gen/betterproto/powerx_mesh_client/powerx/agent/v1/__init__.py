@@ -594,12 +594,15 @@ class Agent(betterproto2.Message):
 
     signature: "str" = betterproto2.field(14, betterproto2.TYPE_STRING)
     """
-    Detached signature over the manifest, checked when manifest signing is enforced.
+    Ed25519 signature (base64) of the canonical manifest by `public_key`: the manifest as ProtoJSON
+    with proto field names, without `signature` and the output-only fields, keys sorted, no spaces.
+    Required when `public_key` is set or the mesh enforces signed manifests.
     """
 
     a2a_card_url: "str" = betterproto2.field(15, betterproto2.TYPE_STRING)
     """
-    URL of the A2A agent card, set for external A2A agents registered by RegisterExternalAgent.
+    URL of the A2A agent card: the card fetched for an external A2A agent registered by
+    RegisterExternalAgent, or the card the mesh publishes for a native agent.
     """
 
     a2a_card: "___google__protobuf__.Struct | None" = betterproto2.field(
@@ -674,6 +677,13 @@ class Agent(betterproto2.Message):
     )
     """
     When the agent record last changed (heartbeats alone do not change it).
+    """
+
+    public_key: "str" = betterproto2.field(28, betterproto2.TYPE_STRING)
+    """
+    Ed25519 public key of the agent (base64 of the 32 raw bytes). It signs the manifest and every
+    call the agent makes to another agent (metadata `x-powerx-agent-signature`); agents without one
+    cannot call other agents. Changing it on re-registration needs the agent's current token.
     """
 
 
@@ -2049,6 +2059,12 @@ class Run(betterproto2.Message):
     When the run record last changed.
     """
 
+    caller_signature: "str" = betterproto2.field(23, betterproto2.TYPE_STRING)
+    """
+    For a run created by an agent-to-agent call: the caller's `x-powerx-agent-signature`, verified by
+    the mesh against the caller's `public_key`, so that the callee can verify it too.
+    """
+
 
 default_message_pool.register_message("powerx.agent.v1", "Run", Run)
 
@@ -2485,8 +2501,9 @@ class AgentServiceStub:
     (RecordHeartbeat, Connect, PullAssignments, PublishRunOutput, CompleteRun, and re-registration)
     authenticate with its token in metadata `authorization: Bearer agt_…`, which also fixes the tenant;
     an agent may only touch itself and the runs assigned to it. An agent that misses three heartbeats
-    in a row becomes DISCONNECTED: runs it has not accepted go back to the queue, runs it was running
-    stay with it until it comes back on the same session or they time out.
+    in a row becomes DISCONNECTED: its unfinished runs that name a skill go back to the queue and on to
+    another agent with the skill, keeping the output they already produced; runs without a skill wait
+    for the agent to come back (or time out).
     """
 
     def __init__(self, channel: grpc.Channel):
@@ -2619,9 +2636,9 @@ class AgentServiceStub:
 
     def disconnect_agent(self, message: "DisconnectAgentRequest") -> "DisconnectAgentResponse":
         """
-        Takes an agent offline: ends its session (its Connect stream ends), makes it DISCONNECTED, sends
-        the runs it has not accepted back to the queue and fails the runs it was running with UNAVAILABLE.
-        Its registration and token stay, so it may register again.
+        Takes an agent offline: ends its session (its Connect stream ends), makes it DISCONNECTED and
+        hands its unfinished runs on as a missed heartbeat does. Its registration and token stay, so it
+        may register again.
         """
 
         return self._channel.unary_unary(
@@ -2632,8 +2649,9 @@ class AgentServiceStub:
 
     def delete_agent(self, message: "DeleteAgentRequest") -> "DeleteAgentResponse":
         """
-        Retires an agent: revokes its token, ends its session, removes its skills from the registry and
-        fails its unfinished runs with UNAVAILABLE. The record stays with state RETIRED.
+        Retires an agent: revokes its token, ends its session, removes its skills from the registry,
+        hands its unfinished runs that name a skill on to other agents and fails the others with
+        UNAVAILABLE. The record stays with state RETIRED.
         """
 
         return self._channel.unary_unary(
