@@ -14,8 +14,8 @@ from powerx.agent.v1 import agent_pb2, event_pb2, run_pb2
 from powerx.agent.v1 import agent_service_pb2 as svc
 from powerx.registry.v1 import registry_service_pb2 as rs
 from servers.agent.lifecycle import ACTIVE, BUSY, DEGRADED, DISCONNECTED, IDLE, REGISTERING, RETIRED
-from servers.agent.service import AgentConfig, AgentService, event_topic_name
 from servers.agent.security import TokenSigner
+from servers.agent.service import AgentConfig, AgentService, event_topic_name
 from servers.agent.store import AgentStore
 from servers.common.bus import InProcessBus
 from servers.common.context import CallContext
