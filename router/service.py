@@ -128,8 +128,9 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return d
 
 
-# (context, capability id, arguments) -> metadata describing the calling agent to the callee.
-CallerGuard = Callable[[CallContext, str, struct_pb2.Struct], Awaitable[Mapping[str, str]]]
+# (context, capability id, arguments) -> the calling agent's tenant, and metadata describing the caller
+# to the callee.
+CallerGuard = Callable[[CallContext, str, struct_pb2.Struct], Awaitable[tuple[str, Mapping[str, str]]]]
 
 
 @dataclass
@@ -428,10 +429,12 @@ class RouterService:
 
     async def _admit(
         self, ctx: CallContext, capability_id: str, arguments: struct_pb2.Struct
-    ) -> Mapping[str, str]:
+    ) -> tuple[CallContext, Mapping[str, str]]:
+        """An agent's call (it carries the agent's token) gets the agent's tenant and caller metadata."""
         if self.caller_guard is None or not ctx.bearer:
-            return {}
-        return await self.caller_guard(ctx, capability_id, arguments)
+            return ctx, {}
+        tenant, metadata = await self.caller_guard(ctx, capability_id, arguments)
+        return dataclasses.replace(ctx, tenant_id=tenant), metadata
 
     def _call(
         self,
@@ -548,6 +551,7 @@ class RouterService:
 
     async def invoke(self, req: rt.InvokeRequest, ctx: CallContext) -> rt.InvokeResponse:
         """Calls the capability on the best endpoint, failing over to the next ones when allowed."""
+        ctx, caller = await self._admit(ctx, req.capability_id, req.arguments)
         rreq = self._route_request(
             ctx,
             capability_id=req.capability_id,
@@ -558,7 +562,6 @@ class RouterService:
             idempotency_key=req.idempotency_key,
             streaming=False,
         )
-        caller = await self._admit(ctx, req.capability_id, req.arguments)
         explained: list[route_pb2.Candidate] = []
         with self._invocation(ctx, req.capability_id, rreq, req.idempotency_key, streamed=False) as inv:
             while True:
@@ -600,6 +603,7 @@ class RouterService:
         the error in StreamEnd.status instead of an error status, so the caller keeps what it got. A
         unary capability streams its result as one chunk.
         """
+        ctx, caller = await self._admit(ctx, req.capability_id, req.arguments)
         rreq = self._route_request(
             ctx,
             capability_id=req.capability_id,
@@ -610,7 +614,6 @@ class RouterService:
             idempotency_key=req.idempotency_key,
             streaming=None,  # a unary capability streams its one result
         )
-        caller = await self._admit(ctx, req.capability_id, req.arguments)
         sequence = 0
         with self._invocation(ctx, req.capability_id, rreq, req.idempotency_key, streamed=True) as inv:
             while True:

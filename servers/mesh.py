@@ -32,6 +32,10 @@ from router.transports.base import Transport
 from router.transports.grpc import GrpcTransport
 from router.transports.http import HttpTransport
 from router.transports.mcp import McpTransport
+from servers.agent.a2a_external import A2ARunner
+from servers.agent.a2a_server import A2AServer
+from servers.agent.a2a_server import base_url as a2a_base_url
+from servers.agent.a2a_server import bind as a2a_bind
 from servers.agent.dispatch import AgentDispatch
 from servers.agent.metrics import AgentMetrics
 from servers.agent.security import (
@@ -65,6 +69,8 @@ def _agent_service(
     bus: EventBus,
     registry: RegistryService,
     metrics: CollectorRegistry,
+    *,
+    a2a_base_url: str,
 ) -> AgentService:
     config = AgentConfig(
         default_heartbeat_s=settings.agent_heartbeat_s,
@@ -72,7 +78,7 @@ def _agent_service(
         require_signed_manifests=settings.agent_require_signed,
         agent_quota=QuotaRule.parse(settings.agent_quota, "POWERX_AGENT_QUOTA"),
         tenant_quota=QuotaRule.parse(settings.tenant_run_quota, "POWERX_TENANT_RUN_QUOTA"),
-        a2a_base_url=f"http://{settings.a2a_address}/a2a" if settings.a2a_address else "",
+        a2a_base_url=a2a_base_url,
     )
     quotas: Quotas | None = None
     nonces: NonceMemory | None = None
@@ -123,6 +129,8 @@ class Mesh:
     metrics: CollectorRegistry
     transports: dict[int, Transport]
     agents: AgentService | None = None
+    a2a: A2AServer | None = None
+    a2a_runner: A2ARunner | None = None
     monitor: HealthMonitor | None = None
     audit: AuditLog | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -135,12 +143,19 @@ class Mesh:
         host = self.settings.grpc_address.rsplit(":", 1)[0]
         return f"{host}:{self.port}"
 
+    @property
+    def a2a_address(self) -> str:
+        """host:port of the A2A HTTP listener, or empty when it is off."""
+        return self.a2a.address if self.a2a is not None else ""
+
     async def stop(self, grace_s: float | None = None) -> None:
         """Reports NOT_SERVING, drains calls for the grace period, then releases everything."""
         await self.health.enter_graceful_shutdown()
         self._stop.set()
         try:
             await self.server.stop(self.settings.shutdown_grace_s if grace_s is None else grace_s)
+            if self.a2a is not None:
+                await self.a2a.stop(grace_s)
             for task in self._tasks:
                 task.cancel()
             for task in self._tasks:
@@ -148,6 +163,8 @@ class Mesh:
                     await task
             if self.audit is not None:
                 await self.audit.close()
+            if self.a2a_runner is not None:
+                await self.a2a_runner.close()
             if self.agents is not None:
                 await self.agents.close()
             for transport in self.transports.values():
@@ -212,15 +229,30 @@ async def start_mesh(settings: Settings) -> Mesh:
         config=_router_config(settings),
     )
     router_service_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(router), server)
-    agents = _agent_service(settings, engine, bus, registry, metrics_registry)
+    # Bound before the agent service exists: the cards it publishes carry the real port (port 0 too).
+    a2a_socket = await a2a_bind(settings.a2a_address) if settings.a2a_address else None
+    agents = _agent_service(
+        settings,
+        engine,
+        bus,
+        registry,
+        metrics_registry,
+        a2a_base_url=a2a_base_url(a2a_socket) if a2a_socket else "",
+    )
+    a2a_runner = A2ARunner()
+    agents.external = a2a_runner
     await agents.start()
     agent_transport = transports[common_pb2.TRANSPORT_AGENT]
     assert isinstance(agent_transport, AgentTransport)
     agent_transport.dispatcher = AgentDispatch(agents)
 
-    async def admit(ctx: CallContext, capability_id: str, arguments: struct_pb2.Struct) -> dict[str, str]:
+    async def admit(
+        ctx: CallContext, capability_id: str, arguments: struct_pb2.Struct
+    ) -> tuple[str, dict[str, str]]:
         caller = await agents.admit_agent_call(ctx, capability_id, arguments)
-        return caller.metadata() if caller is not None else {}
+        if caller is None:
+            return ctx.tenant_id, {}
+        return caller.agent.agent.tenant_id, caller.metadata()
 
     router.caller_guard = admit
     agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(agents), server)
@@ -244,6 +276,10 @@ async def start_mesh(settings: Settings) -> Mesh:
     # Every hosted contract reports SERVING: the unbuilt ones answer (UNIMPLEMENTED) as designed.
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    a2a_server = None
+    if a2a_socket is not None:
+        a2a_server = A2AServer(agents)
+        await a2a_server.start(a2a_socket, grace_s=settings.shutdown_grace_s)
     mesh = Mesh(
         settings=settings,
         server=server,
@@ -255,6 +291,8 @@ async def start_mesh(settings: Settings) -> Mesh:
         metrics=metrics_registry,
         transports=transports,
         agents=agents,
+        a2a=a2a_server,
+        a2a_runner=a2a_runner,
         audit=audit,
     )
     mesh._engine = engine

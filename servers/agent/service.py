@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import secrets
@@ -16,7 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import ParamSpec, Protocol, TypeVar
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
@@ -81,6 +82,25 @@ MAX_DEPTH = 3
 AGENT_LEASE_S = 24 * 3600
 LEASE_RENEW_S = 6 * 3600
 FINISHED_RUN_KEPT_S = 30.0
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _uninterruptible(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Runs a state change to its end even when the call that started it is cancelled.
+
+    A caller going away (a cancelled RPC, an agent closing its stream right after its last message)
+    must not leave a change half made: memory updated but not stored, or a run finished without its
+    agent's slot being freed.
+    """
+
+    @functools.wraps(method)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        return await asyncio.shield(asyncio.ensure_future(method(*args, **kwargs)))
+
+    return run
 
 
 def event_topic_name(event_type: int) -> str:
@@ -471,6 +491,7 @@ class AgentService:
         )
         return lifecycle.live_state(len(live.runs), live.max_concurrency, is_degraded)
 
+    @_uninterruptible
     async def _set_state(
         self, live: LiveAgent, target: int, reason: str, event_type: int = ET.AGENT_EVENT_TYPE_STATE_CHANGED
     ) -> bool:
@@ -519,6 +540,7 @@ class AgentService:
         if target != live.agent.state:
             await self._set_state(live, target, reason)
 
+    @_uninterruptible
     async def _disconnect(self, live: LiveAgent, reason: str, *, end_session: bool) -> None:
         async with self._lock(*live.key):
             if live.agent.state in (DISCONNECTED, RETIRED):
@@ -532,6 +554,7 @@ class AgentService:
         live.stream_epoch += 1
         live.mailbox.put(run_pb2.RunCancellation(run_id="", reason="session ended"))
 
+    @_uninterruptible
     async def _hand_over(self, live: LiveAgent, reason: str, *, fail_pinned: bool) -> None:
         """Sends an agent's unfinished runs on: to the queue (and another agent) or back to wait for it."""
         for run_id in sorted(live.runs):
@@ -1135,6 +1158,7 @@ class AgentService:
             out.append(live)
         return out
 
+    @_uninterruptible
     async def _pump(self) -> None:
         """Hands queued runs to agents with free slots, in the order they were queued."""
         if self._pumping:
@@ -1260,6 +1284,7 @@ class AgentService:
             started.append(_copy(live_run.run))
         return svc.PullAssignmentsResponse(runs=started, cancellations=[c for c in cancels if c.run_id])
 
+    @_uninterruptible
     async def _start(self, live_run: LiveRun) -> None:
         async with self._run_lock(live_run.run.run_id):
             run = live_run.run
@@ -1413,6 +1438,7 @@ class AgentService:
                 reason="finished",
             )
 
+    @_uninterruptible
     async def _finish(
         self,
         live_run: LiveRun,
@@ -1452,6 +1478,7 @@ class AgentService:
                     code_pb2.Code.Name(error.code if error else code_pb2.UNKNOWN)
                 ).inc()
             if run.caller_agent_id:
+                print("OBSERVE", run.run_id, now - run.create_time.ToMilliseconds(), flush=True)
                 self.metrics.a2a_latency.observe(now - run.create_time.ToMilliseconds())
         if held_by is None:
             return
@@ -1737,7 +1764,9 @@ class AgentService:
         idle = _seconds(req.idle_timeout)
         v.check(0 <= idle <= 3600, "idle_timeout", "must be between 0 and 1 h")
         for i, topic in enumerate(req.topics):
-            v.check(topic in ET.AgentEventTopic.values() and topic != 0, f"topics[{i}]", "is not a known topic")
+            v.check(
+                topic in ET.AgentEventTopic.values() and topic != 0, f"topics[{i}]", "is not a known topic"
+            )
         for i, kind in enumerate(req.event_types):
             v.check(kind in ALL_EVENT_TYPES, f"event_types[{i}]", "is not a known event type")
         if req.agent_id != "-":
