@@ -304,6 +304,8 @@ async def start_mesh(settings: Settings) -> Mesh:
     )
     mesh._tasks.append(asyncio.create_task(follower.run(mesh._stop), name="route-snapshot"))
     mesh._tasks.append(asyncio.create_task(agents.run_sweeper(mesh._stop), name="agent-sweeper"))
+    if settings.redis_url:  # other processes share the bus: follow their agents
+        mesh._tasks.append(asyncio.create_task(agents.run_directory_sync(mesh._stop), name="agent-directory"))
     if settings.health_monitor:
         rules = default_rules()
         names = {

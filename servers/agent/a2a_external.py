@@ -179,14 +179,8 @@ def _derived_id(name: str) -> str:
     return _NOT_ID_CHAR.sub("-", name.lower()).strip("._-")[:128].rstrip("._-")
 
 
-def agent_from_card(
-    req: svc.RegisterExternalAgentRequest, card: AgentCard, agent_id: str, card_url: str
-) -> agent_pb2.Agent:
-    """The agent a card describes, as `AgentService.register_external` expects it.
-
-    Raises:
-        FailedPrecondition: A2A_CARD_INVALID, the card misses what the mesh needs to run it.
-    """
+def check_card(card: AgentCard, card_url: str) -> None:
+    """Raises FailedPrecondition (A2A_CARD_INVALID) naming what a card misses for the mesh to run it."""
     problems = []
     if not card.name:
         problems.append("it has no name")
@@ -202,6 +196,17 @@ def agent_from_card(
             reason="A2A_CARD_INVALID",
             metadata={"card_url": card_url},
         )
+
+
+def agent_from_card(
+    req: svc.RegisterExternalAgentRequest, card: AgentCard, agent_id: str, card_url: str
+) -> agent_pb2.Agent:
+    """The agent a card describes, as `AgentService.register_external` expects it.
+
+    Raises:
+        FailedPrecondition: A2A_CARD_INVALID, the card misses what the mesh needs to run it.
+    """
+    check_card(card, card_url)
     version = _version(card.version)
     agent = agent_pb2.Agent(
         agent_id=agent_id,
@@ -293,6 +298,7 @@ async def register_external_agent(
     remaining = ctx.time_remaining()
     timeout_s = CARD_TIMEOUT_S if remaining is None else max(0.1, min(CARD_TIMEOUT_S, remaining - 0.2))
     card = await fetch_card(card_url, timeout_s)
+    check_card(card, card_url)
     agent_id = req.agent_id or _known_id(service, tenant, card_url) or _derived_id(card.name)
     if not agent_id:
         raise InvalidArgument(
@@ -552,7 +558,8 @@ class A2ARunner:
             if client is not None:
                 with contextlib.suppress(Exception):
                     await client.close()
-            self._jobs.pop(run.run_id, None)
+            if self._jobs.get(run.run_id) is job:  # not a later attempt of the same run
+                del self._jobs[run.run_id]
 
     async def _stream(
         self, service: AgentService, run: run_pb2.Run, client: Client, skill_id: str, job: _Job

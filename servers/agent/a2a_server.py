@@ -430,6 +430,11 @@ class MeshAgentExecutor(AgentExecutor):
         await self.service.cancel(job.live_run, "cancelled through A2A")
 
 
+def _whole_seconds(grace_s: float) -> int:
+    # uvicorn takes whole seconds, and with 0 it reports an exceeded timeout even with nothing open.
+    return max(1, math.ceil(grace_s))
+
+
 class _Uvicorn(uvicorn.Server):
     """uvicorn without its signal handlers: the mesh process owns SIGINT and SIGTERM."""
 
@@ -536,7 +541,7 @@ class A2AServer:
             log_config=None,  # the mesh configured logging already
             access_log=False,
             server_header=False,
-            timeout_graceful_shutdown=math.ceil(grace_s),
+            timeout_graceful_shutdown=_whole_seconds(grace_s),
         )
         self._server = _Uvicorn(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="a2a-http")
@@ -554,7 +559,7 @@ class A2AServer:
         """Stops accepting calls, ends open streams after the grace period, cancels A2A tasks' runs."""
         if self._server is not None and self._task is not None:
             if grace_s is not None:
-                self._server.config.timeout_graceful_shutdown = math.ceil(grace_s)
+                self._server.config.timeout_graceful_shutdown = _whole_seconds(grace_s)
             self._server.should_exit = True
             with contextlib.suppress(asyncio.CancelledError, SystemExit):
                 await self._task

@@ -8,6 +8,7 @@ server through the same run API. Durable state (agents, runs, output) is in `Age
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import hashlib
@@ -45,7 +46,7 @@ from servers.agent.security import (
     token_hash,
 )
 from servers.agent.store import KIND_A2A, KIND_NATIVE, AgentStore, StoredAgent, StoredRun
-from servers.common.bus import EventBus
+from servers.common.bus import EventBus, Subscription
 from servers.common.context import CallContext, valid_tenant
 from servers.common.errors import (
     AlreadyExists,
@@ -245,6 +246,8 @@ class AgentService:
         self._renewed: dict[tuple[str, str], float] = {}
         self._finished_at: dict[str, float] = {}
         self._pumping = False
+        # Events this process published, so that the directory sync skips them (bounded).
+        self._own_events: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     # ---- start, stop, sweep --------------------------------------------------------------------------
 
@@ -317,6 +320,53 @@ class AgentService:
         for key, live in list(self.agents.items()):
             if live.agent.state in LIVE and now - self._renewed.get(key, now) > LEASE_RENEW_S:
                 await self._renew_lease(live)
+
+    # ---- the directory across processes -----------------------------------------------------------
+
+    def _own(self, event_id: str) -> str:
+        self._own_events[event_id] = None
+        while len(self._own_events) > 10_000:
+            self._own_events.popitem(last=False)
+        return event_id
+
+    async def run_directory_sync(self, stop: asyncio.Event) -> None:
+        """Keeps this process's directory in step with the others sharing the bus (scaled out).
+
+        Heartbeats seen elsewhere keep an agent alive here too (no database read); a state change made
+        elsewhere reloads the agent's record.
+        """
+        types = [t for t in ALL_EVENT_TYPES if t != ET.AGENT_EVENT_TYPE_RUN_OUTPUT]
+        async with _merged(self.bus, [event_topic_name(t) for t in types]) as events:
+            while not stop.is_set():
+                try:
+                    payload = await asyncio.wait_for(events.get(), 0.5)
+                except TimeoutError:
+                    continue
+                try:
+                    await self._apply_remote(ET.AgentEvent.FromString(payload))
+                except Exception:
+                    log.warning("could not apply an agent event from another process", exc_info=True)
+
+    async def _apply_remote(self, event: event_pb2.AgentEvent) -> None:
+        if event.event_id in self._own_events or not event.agent_id:
+            return
+        key = (event.tenant_id, event.agent_id)
+        if event.type == ET.AGENT_EVENT_TYPE_HEARTBEAT:
+            live = self.agents.get(key)
+            if live is not None:
+                live.last_seen = self.monotonic()
+                live.load = event.load
+                live.last_heartbeat_wall_ms = event.event_time.ToMilliseconds()
+            return
+        if event.type in (
+            ET.AGENT_EVENT_TYPE_ASSIGNED,
+            ET.AGENT_EVENT_TYPE_COMPLETED,
+            ET.AGENT_EVENT_TYPE_FAILED,
+        ):
+            return
+        live = await self._live(*key, refresh=True)
+        if live is not None and live.agent.state in LIVE | {REGISTERING}:
+            live.last_seen = self.monotonic()
 
     # ---- authentication ------------------------------------------------------------------------------
 
@@ -446,7 +496,7 @@ class AgentService:
         if run_event is not None:
             topic = ET.AGENT_EVENT_TOPIC_LOG if run_event.HasField("log") else ET.AGENT_EVENT_TOPIC_TOKEN
         event = ET.AgentEvent(
-            event_id=uuid.uuid4().hex,
+            event_id=self._own(uuid.uuid4().hex),
             type=event_type,  # type: ignore[arg-type]
             topic=topic,
             tenant_id=a.tenant_id,
@@ -1777,37 +1827,23 @@ class AgentService:
         types = tuple(req.event_types) or ALL_EVENT_TYPES
         topics = set(req.topics)
         sent = 0
-        async with contextlib.AsyncExitStack() as stack:
-            subs = [await stack.enter_async_context(self.bus.subscribe(event_topic_name(t))) for t in types]
-            merged: asyncio.Queue[bytes] = asyncio.Queue(4096)
-
-            async def forward(sub: object) -> None:
-                async for payload in sub:  # type: ignore[attr-defined]
-                    if merged.full():
-                        merged.get_nowait()
-                    merged.put_nowait(payload)
-
-            tasks = [asyncio.create_task(forward(s)) for s in subs]
-            try:
-                while True:
-                    try:
-                        payload = await asyncio.wait_for(merged.get(), idle or None)
-                    except TimeoutError:
-                        yield svc.WatchAgentEventsResponse(end=stream_end("IDLE_TIMEOUT", sent))
-                        return
-                    event = ET.AgentEvent.FromString(payload)
-                    if event.tenant_id != tenant or req.agent_id not in ("-", event.agent_id):
-                        continue
-                    if topics and event.topic not in topics:
-                        continue
-                    sent += 1
-                    yield svc.WatchAgentEventsResponse(event=event)
-                    if req.max_events and sent >= req.max_events:
-                        yield svc.WatchAgentEventsResponse(end=stream_end("MAX_EVENTS", sent))
-                        return
-            finally:
-                for t in tasks:
-                    t.cancel()
+        async with _merged(self.bus, [event_topic_name(t) for t in types]) as merged:
+            while True:
+                try:
+                    payload = await asyncio.wait_for(merged.get(), idle or None)
+                except TimeoutError:
+                    yield svc.WatchAgentEventsResponse(end=stream_end("IDLE_TIMEOUT", sent))
+                    return
+                event = ET.AgentEvent.FromString(payload)
+                if event.tenant_id != tenant or req.agent_id not in ("-", event.agent_id):
+                    continue
+                if topics and event.topic not in topics:
+                    continue
+                sent += 1
+                yield svc.WatchAgentEventsResponse(event=event)
+                if req.max_events and sent >= req.max_events:
+                    yield svc.WatchAgentEventsResponse(end=stream_end("MAX_EVENTS", sent))
+                    return
 
     # ---- the session channel -------------------------------------------------------------------------
 
@@ -1969,6 +2005,27 @@ class AgentService:
         except MeshError as exc:
             receipt.receipt.status.CopyFrom(_status(code_of(exc), exc.message))
         await out.put(receipt)
+
+
+@contextlib.asynccontextmanager
+async def _merged(bus: EventBus, topics: list[str]) -> AsyncIterator[asyncio.Queue[bytes]]:
+    """One queue of the events of several bus topics (the oldest dropped when a reader falls behind)."""
+    merged: asyncio.Queue[bytes] = asyncio.Queue(4096)
+
+    async def forward(sub: Subscription) -> None:
+        async for payload in sub:
+            if merged.full():
+                merged.get_nowait()
+            merged.put_nowait(payload)
+
+    async with contextlib.AsyncExitStack() as stack:
+        subs = [await stack.enter_async_context(bus.subscribe(t)) for t in topics]
+        tasks = [asyncio.create_task(forward(sub)) for sub in subs]
+        try:
+            yield merged
+        finally:
+            for task in tasks:
+                task.cancel()
 
 
 def _run_state(state: int) -> str:

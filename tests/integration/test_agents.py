@@ -785,3 +785,88 @@ async def test_quotas_answer_resource_exhausted_with_retry_info(tmp_path: Path, 
             assert 0 < info.retry_delay.ToMilliseconds() <= 1000
     finally:
         await m.stop(0)
+
+
+async def test_restarted_mesh_accepts_the_agents_token(tmp_path: Path, database_url: str) -> None:
+    settings = mesh_settings(tmp_path, database_url)
+    m = await start_mesh(settings)
+    try:
+        async with grpc.aio.insecure_channel(m.address) as ch:
+            reg = await register(svc_grpc.AgentServiceStub(ch), "com.acme.a")
+    finally:
+        await m.stop(0)
+    m = await start_mesh(settings)  # same data folder (token secret) and database
+    try:
+        async with grpc.aio.insecure_channel(m.address) as ch:
+            stub = svc_grpc.AgentServiceStub(ch)
+            known = (await stub.GetAgent(svc.GetAgentRequest(agent_id="com.acme.a"), metadata=T1)).agent
+            assert known.state == agent_pb2.AGENT_STATE_IDLE  # it has three intervals to show up
+            again = await stub.RegisterAgent(
+                svc.RegisterAgentRequest(agent=manifest("com.acme.a"), resume_session_id=reg.session_id),
+                metadata=reg.md,
+            )
+            assert again.agent_token != reg.token
+    finally:
+        await m.stop(0)
+
+
+async def test_quotas_and_replay_memory_are_shared_through_redis(
+    tmp_path: Path, pg_database_url: str, redis_url: str
+) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(redis_url)
+    for key in await client.keys("powerx:quota:tenant:t-shared*"):
+        await client.delete(key)
+    await client.aclose()
+    meshes = [
+        await start_mesh(
+            mesh_settings(
+                tmp_path / str(i),
+                pg_database_url,
+                redis_url,
+                tenant_run_quota="rate=0.5,burst=2",
+                agent_token_secret="shared-secret-for-the-test-0123456789",
+            )
+        )
+        for i in range(2)
+    ]
+    tenant = (("x-tenant-id", "t-shared"),)
+    try:
+        async with (
+            grpc.aio.insecure_channel(meshes[0].address) as c0,
+            grpc.aio.insecure_channel(meshes[1].address) as c1,
+        ):
+            s0, s1 = svc_grpc.AgentServiceStub(c0), svc_grpc.AgentServiceStub(c1)
+            key = signing.AgentKey()
+            a = await register(
+                s0, "com.acme.a", tenant="t-shared", skills=("x.step",), grants=("x.*",), key=key, max_c=10
+            )
+            other = meshes[1].agents
+            assert other is not None
+            for _ in range(100):  # the other process learns of the agent from the shared bus
+                if ("t-shared", "com.acme.a") in other.agents:
+                    break
+                await asyncio.sleep(0.05)
+            assert other.agents[("t-shared", "com.acme.a")].agent.state == agent_pb2.AGENT_STATE_IDLE
+            await create_run(s0, skill="x.step", md=tenant)
+            await create_run(
+                s1, skill="x.step", md=tenant
+            )  # the second token, taken through the other process
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await create_run(s1, skill="x.step", md=tenant)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            # A signed call accepted by one process is a replay on the other.
+            args = struct_pb2.Struct()
+            md = signed_md(a, "x.step", args, tenant="t-shared")
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await s0.CreateRun(svc.CreateRunRequest(task=run_pb2.Task(skill="x.step")), metadata=md)
+            assert (
+                error_info(err.value).reason == "QUOTA_EXCEEDED"
+            )  # admitted (nonce used), then the tenant quota
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await s1.CreateRun(svc.CreateRunRequest(task=run_pb2.Task(skill="x.step")), metadata=md)
+            assert error_info(err.value).reason == "AGENT_SIGNATURE_REPLAYED"
+    finally:
+        for m in meshes:
+            await m.stop(0)
