@@ -46,7 +46,7 @@ from servers.agent.security import (
     token_hash,
 )
 from servers.agent.store import KIND_A2A, KIND_NATIVE, AgentStore, StoredAgent, StoredRun
-from servers.common.bus import EventBus, Subscription
+from servers.common.bus import EventBus, InProcessBus, Subscription
 from servers.common.context import CallContext, valid_tenant
 from servers.common.errors import (
     AlreadyExists,
@@ -492,6 +492,9 @@ class AgentService:
         with_agent: bool = False,
     ) -> None:
         a = live.agent
+        bus_topic = event_topic_name(event_type)
+        if isinstance(self.bus, InProcessBus) and not self.bus.subscriber_count(bus_topic):
+            return  # nobody in this process listens, and no other process shares this bus
         topic = ET.AGENT_EVENT_TOPIC_STATE
         if run_event is not None:
             topic = ET.AGENT_EVENT_TOPIC_LOG if run_event.HasField("log") else ET.AGENT_EVENT_TOPIC_TOKEN
@@ -519,7 +522,7 @@ class AgentService:
         if with_agent:
             event.agent.CopyFrom(self.view(live))
         try:
-            await self.bus.publish(event_topic_name(event_type), event.SerializeToString())
+            await self.bus.publish(bus_topic, event.SerializeToString())
         except Exception:
             log.warning("could not publish agent event", exc_info=True)
 
