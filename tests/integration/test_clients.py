@@ -9,12 +9,15 @@ from typing import Any
 
 import grpc
 import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 from powerx_mesh_client.powerx.common import v1 as bp_common
 from powerx_mesh_client.powerx.registry import v1 as bp
 
 from powerx.registry.v1 import registry_service_pb2 as rs
 from powerx.registry.v1 import registry_service_pb2_grpc as rs_grpc
 from servers import cli
+from servers.common.db import MIGRATIONS
 from servers.mesh import Mesh
 from tests.conftest import tenant
 from tests.integration.helpers import bad_fields, error_info
@@ -61,7 +64,11 @@ def test_powerx_migrate_creates_the_schema(
     monkeypatch.setenv("POWERX_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("POWERX_DATABASE_URL", raising=False)
     assert cli.main(["migrate"]) == 0
-    assert "0002_router_audit" in capsys.readouterr().out  # the latest migration
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head
+    assert f"database at revision {head} " in capsys.readouterr().out  # the latest migration
     assert (tmp_path / "data" / "mesh.db").exists()
     assert cli.main(["migrate"]) == 0  # idempotent
 
