@@ -127,11 +127,11 @@ def check_request(req: svc.RegisterExternalAgentRequest) -> None:
         v.add("card_url", "is required")
     elif len(req.card_url) > MAX_CARD_URL:
         v.add("card_url", f"is longer than {MAX_CARD_URL} characters")
-    elif urlsplit(req.card_url).scheme not in ("http", "https"):
+    elif not req.card_url.lower().startswith(("http://", "https://")):
         v.add("card_url", "must be an http:// or https:// URL")
     else:
         problem = registry_validation.uri_problem(common_pb2.TRANSPORT_HTTP, req.card_url)
-        if problem:
+        if problem:  # also every URL urlsplit cannot take apart
             v.add("card_url", problem)
         elif urlsplit(req.card_url).fragment:
             v.add("card_url", "must not have a fragment")
@@ -292,7 +292,7 @@ async def register_external_agent(
         FailedPrecondition: A2A_CARD_NOT_FOUND or A2A_CARD_INVALID (nothing is written).
         AlreadyExists: AGENT_EXISTS, a native agent has the id.
     """
-    tenant = service._tenant(ctx)  # the same tenant rules as every agent RPC, checked before any fetch
+    tenant = service.tenant_of(ctx)  # the same tenant rules as every agent RPC, checked before any fetch
     check_request(req)
     card_url = card_location(req.card_url)
     remaining = ctx.time_remaining()

@@ -74,7 +74,7 @@ from servers.agent import validation
 from servers.agent.a2a_external import WELL_KNOWN_CARD
 from servers.agent.lifecycle import RETIRED
 from servers.agent.live import LiveAgent, LiveRun
-from servers.agent.service import AgentService, _RunRequest
+from servers.agent.service import AgentService, RunRequest
 from servers.agent.store import KIND_NATIVE
 from servers.common.context import CallContext, from_metadata, valid_tenant
 from servers.common.errors import InvalidArgument, MeshError
@@ -241,7 +241,10 @@ def task_from_message(context: RequestContext, agent: agent_pb2.Agent) -> run_pb
     if not skill:
         v.add("metadata.skill", f"agent {agent.agent_id} offers no skill")
     elif skill not in agent.skills:
-        v.add("metadata.skill", f"is not a skill of {agent.agent_id}; it offers {', '.join(agent.skills)}")
+        v.add(
+            "metadata.skill",
+            f"{skill} is not a skill of {agent.agent_id}; it offers {', '.join(agent.skills)}",
+        )
     inputs: dict[str, Any] = {}
     extra: list[Any] = []
     files: list[dict[str, str]] = []
@@ -325,7 +328,7 @@ class MeshAgentExecutor(AgentExecutor):
         )
         try:
             task = task_from_message(context, live.agent)
-            run = await self.service.create_run_for(_RunRequest(tenant_id=tenant, task=task, agent=live), ctx)
+            run = await self.service.create_run_for(RunRequest(tenant_id=tenant, task=task, agent=live), ctx)
         except InvalidArgument as exc:
             await updater.reject(_agent_message(updater, exc.message))
             return
@@ -357,6 +360,8 @@ class MeshAgentExecutor(AgentExecutor):
         updater = job.updater
         text_started = False
         async for item in self.service.follow(job.live_run, 1):
+            if job.ended:  # cancelled through A2A: nothing may follow the CANCELED status
+                return
             if item.HasField("end"):
                 break
             event = item.event
@@ -379,7 +384,7 @@ class MeshAgentExecutor(AgentExecutor):
                     append=chunk.append,
                     last_chunk=chunk.last_chunk,
                 )
-            elif kind == "log" and not job.ended:
+            elif kind == "log":
                 await updater.update_status(
                     TaskState.TASK_STATE_WORKING,
                     message=_agent_message(updater, event.log.message),
