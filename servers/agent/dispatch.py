@@ -20,7 +20,7 @@ from router.transports.base import REQUEST_CODES, Call, Target, TransportError
 from sdk import signing
 from servers.agent.lifecycle import LIVE, name
 from servers.agent.live import LiveRun
-from servers.agent.service import AgentCaller, AgentService, _RunRequest
+from servers.agent.service import AgentCaller, AgentService, RunRequest
 from servers.common.context import CallContext
 from servers.common.errors import MeshError, code_of
 
@@ -66,14 +66,14 @@ class AgentDispatch:
         )
         try:
             run = await self.service.create_run_for(
-                _RunRequest(tenant_id=call.tenant_id, task=task, agent=live, caller=caller), ctx
+                RunRequest(tenant_id=call.tenant_id, task=task, agent=live, caller=caller), ctx
             )
         except MeshError as exc:
             sent = code_of(exc) in (code_pb2.FAILED_PRECONDITION, code_pb2.RESOURCE_EXHAUSTED)
             raise TransportError(code_of(exc), exc.message, sent=not sent, provider_error=True) from None
         live_run = self.service.runs.get(run.run_id)
         if live_run is None:  # finished already (idempotent repeat)
-            loaded = await self.service._load_run(run.run_id)
+            loaded = await self.service.load_run(run.run_id)
             assert loaded is not None
             return loaded
         return live_run

@@ -59,7 +59,7 @@ from servers.common.errors import (
     ResourceExhausted,
     TenantRequired,
     Unauthenticated,
-    code_of,
+    to_status,
 )
 from servers.common.streams import stream_end
 from servers.common.validate import Violations, next_page_token, page_request
@@ -67,6 +67,7 @@ from servers.registry.service import RegistryService, endpoint_id_for
 
 log = logging.getLogger("powerx.agent")
 M = TypeVar("M", bound=Message)
+DOMAIN = "agent.powerx"  # error domain of statuses sent inside the session channel
 
 QUEUED = run_pb2.RUN_STATE_QUEUED
 ASSIGNED = run_pb2.RUN_STATE_ASSIGNED
@@ -195,7 +196,9 @@ class AgentCaller:
 
 
 @dataclass
-class _RunRequest:
+class RunRequest:
+    """A run to create, validated by the caller: for whom, what, on which agent or how to pick one."""
+
     tenant_id: str
     task: run_pb2.Task
     agent: LiveAgent | None = None
@@ -255,6 +258,7 @@ class AgentService:
         """Loads agents and unfinished runs; known agents get three intervals to show up again."""
         self.writer.start()
         now = self.monotonic()
+        restarted: list[LiveRun] = []
         for stored in await self.store.all_agents():
             self.agents[(stored.agent.tenant_id, stored.agent.agent_id)] = LiveAgent(stored, last_seen=now)
         for stored_run in await self.store.unfinished_runs([QUEUED, ASSIGNED, RUNNING]):
@@ -267,9 +271,21 @@ class AgentService:
             if holder is None:
                 self.queue.append(stored_run.run.run_id)
                 continue
+            if holder.stored.kind == KIND_A2A:  # the mesh drove it, and that stream died with the process
+                restarted.append(live_run)
+                continue
             holder.runs.add(stored_run.run.run_id)
             if stored_run.run.state == ASSIGNED:
                 holder.mailbox.put(_copy(stored_run.run))
+        for live_run in restarted:
+            await self._finish(
+                live_run,
+                FAILED,
+                error=_status(
+                    code_pb2.UNAVAILABLE, "the mesh restarted while it ran the run on an external agent"
+                ),
+                reason="mesh restarted",
+            )
         log.info(
             "agent service loaded", extra={"agents": len(self.agents), "unfinished_runs": len(self.runs)}
         )
@@ -427,7 +443,8 @@ class AgentService:
             )
         return live
 
-    def _tenant(self, ctx: CallContext) -> str:
+    def tenant_of(self, ctx: CallContext) -> str:
+        """The tenant of a call: the agent token's, else `x-tenant-id` (validated)."""
         if ctx.bearer:
             claims = self.signer.verify(ctx.bearer)
             if claims is not None:
@@ -611,7 +628,7 @@ class AgentService:
     async def _hand_over(self, live: LiveAgent, reason: str, *, fail_pinned: bool) -> None:
         """Sends an agent's unfinished runs on: to the queue (and another agent) or back to wait for it."""
         for run_id in sorted(live.runs):
-            live_run = await self._load_run(run_id)
+            live_run = await self.load_run(run_id)
             if live_run is None or live_run.finished:
                 live.runs.discard(run_id)
                 continue
@@ -622,6 +639,8 @@ class AgentService:
                 live.runs.discard(run_id)
                 live.mailbox.drop_run(run_id)
                 live.mailbox.put(run_pb2.RunCancellation(run_id=run_id, reason=reason))
+                if live.stored.kind == KIND_A2A and self.external is not None:
+                    self.external.cancel(run_id)
                 if live_run.run.task.skill or not fail_pinned:
                     await self._requeue(live_run, reason, keep_agent=not live_run.run.task.skill)
                     continue
@@ -652,7 +671,7 @@ class AgentService:
             raise Unauthenticated(
                 "the agent token is malformed or was not issued by this mesh", reason="AGENT_TOKEN_INVALID"
             )
-        tenant = self._tenant(ctx)
+        tenant = self.tenant_of(ctx)
         manifest = req.agent
         validation.check_manifest(manifest, require_signature=self.config.require_signed_manifests)
         if req.resume_session_id:
@@ -814,7 +833,7 @@ class AgentService:
 
     async def register_external(self, agent: agent_pb2.Agent, ctx: CallContext) -> agent_pb2.Agent:
         """Stores an external (A2A) agent built by the A2A importer and publishes its skills."""
-        tenant = self._tenant(ctx)
+        tenant = self.tenant_of(ctx)
         async with self._lock(tenant, agent.agent_id):
             existing = await self.store.agent(tenant, agent.agent_id)
             if existing is not None and existing.kind != KIND_A2A and existing.agent.state != RETIRED:
@@ -896,7 +915,7 @@ class AgentService:
 
     async def get_agent(self, req: svc.GetAgentRequest, ctx: CallContext) -> svc.GetAgentResponse:
         """One agent of the caller's tenant."""
-        tenant = self._tenant(ctx)
+        tenant = self.tenant_of(ctx)
         live = await self._require_agent(tenant, req.agent_id)
         return svc.GetAgentResponse(agent=self.view(live))
 
@@ -915,7 +934,7 @@ class AgentService:
 
     async def list_agents(self, req: svc.ListAgentsRequest, ctx: CallContext) -> svc.ListAgentsResponse:
         """Agents of the caller's tenant ordered by id, filtered by state, skill and role."""
-        tenant = self._tenant(ctx)
+        tenant = self.tenant_of(ctx)
         filters = [int(req.state), req.skill, req.role]
         page = page_request(req.page_size, req.page_token, filters)
         v = Violations()
@@ -967,7 +986,7 @@ class AgentService:
         parent: StoredRun | None = None
         depth = 1
         if ctx.parent_run_id:
-            parent_live = await self._load_run(ctx.parent_run_id)
+            parent_live = await self.load_run(ctx.parent_run_id)
             if (
                 parent_live is None
                 or parent_live.run.agent_id != a.agent_id
@@ -978,7 +997,8 @@ class AgentService:
                     reason="PARENT_RUN_NOT_FOUND",
                     metadata={"run_id": ctx.parent_run_id},
                 )
-            if parent_live.run.state != RUNNING:
+            # ASSIGNED too: an agent may start calling out before the mesh has read its `ack`.
+            if parent_live.run.state not in HELD_RUN_STATES:
                 raise FailedPrecondition("the parent run is not running", reason="PARENT_RUN_NOT_RUNNING")
             parent = parent_live.stored
             depth = parent.run.depth + 1
@@ -1059,7 +1079,7 @@ class AgentService:
 
     async def assign_task(self, req: svc.AssignTaskRequest, ctx: CallContext) -> svc.AssignTaskResponse:
         """Creates a run for one named agent (queued while the agent is busy)."""
-        tenant = self._tenant(ctx)
+        tenant = self.tenant_of(ctx)
         v = Violations()
         v.pattern(req.agent_id, "agent_id", validation.AGENT_ID, "an agent id")
         validation.check_task(req.task, v, skill_required=bool(ctx.bearer))
@@ -1067,13 +1087,13 @@ class AgentService:
         caller = await self.admit_agent_call(ctx, req.task.skill, req.task.inputs) if ctx.bearer else None
         live = await self._require_agent(tenant, req.agent_id)
         run = await self.create_run_for(
-            _RunRequest(tenant_id=tenant, task=req.task, agent=live, caller=caller), ctx
+            RunRequest(tenant_id=tenant, task=req.task, agent=live, caller=caller), ctx
         )
         return svc.AssignTaskResponse(run=run)
 
     async def create_run(self, req: svc.CreateRunRequest, ctx: CallContext) -> svc.CreateRunResponse:
         """Creates a run for a skill; the scheduler picks the agent."""
-        tenant = self._tenant(ctx)
+        tenant = self.tenant_of(ctx)
         v = Violations()
         validation.check_task(req.task, v, skill_required=True)
         v.check(req.strategy == 0 or req.strategy in STRATEGIES, "strategy", "is not a known strategy")
@@ -1088,7 +1108,7 @@ class AgentService:
         v.raise_if_any("invalid run request")
         caller = await self.admit_agent_call(ctx, req.task.skill, req.task.inputs) if ctx.bearer else None
         run = await self.create_run_for(
-            _RunRequest(
+            RunRequest(
                 tenant_id=tenant,
                 task=req.task,
                 strategy=req.strategy or run_pb2.SCHEDULING_STRATEGY_LEAST_LOAD,
@@ -1100,7 +1120,7 @@ class AgentService:
         )
         return svc.CreateRunResponse(run=run)
 
-    async def create_run_for(self, rr: _RunRequest, ctx: CallContext) -> run_pb2.Run:
+    async def create_run_for(self, rr: RunRequest, ctx: CallContext) -> run_pb2.Run:
         """Creates a run (validated by the caller) and hands it to an agent or queues it."""
         task = rr.task
         if task.idempotency_key:
@@ -1170,7 +1190,7 @@ class AgentService:
             if rr.caller.parent is not None:
                 run.task.parent_run_id = rr.caller.parent.run.run_id
         elif task.parent_run_id:
-            parent = await self._load_run(task.parent_run_id)
+            parent = await self.load_run(task.parent_run_id)
             if parent is None or parent.run.tenant_id != rr.tenant_id:
                 raise NotFound("the parent run does not exist in the tenant", reason="PARENT_RUN_NOT_FOUND")
             run.depth = parent.run.depth + 1
@@ -1294,7 +1314,7 @@ class AgentService:
         v = Violations()
         v.pattern(run_id, "run_id", validation.RUN_ID, "a run id")
         v.raise_if_any("invalid request")
-        live_run = await self._load_run(run_id)
+        live_run = await self.load_run(run_id)
         if (
             live_run is None
             or live_run.run.agent_id != live.agent.agent_id
@@ -1391,6 +1411,12 @@ class AgentService:
         return events[-1].sequence
 
     async def _stage_output(
+        self, live_run: LiveRun, events: list[run_pb2.RunEvent], key: str
+    ) -> int | Awaitable[None]:
+        async with live_run.lock:  # pipelined appends of one run are numbered in arrival order
+            return await self._stage_locked(live_run, events, key)
+
+    async def _stage_locked(
         self, live_run: LiveRun, events: list[run_pb2.RunEvent], key: str
     ) -> int | Awaitable[None]:
         run = live_run.run
@@ -1531,7 +1557,6 @@ class AgentService:
                     code_pb2.Code.Name(error.code if error else code_pb2.UNKNOWN)
                 ).inc()
             if run.caller_agent_id:
-                print("OBSERVE", run.run_id, now - run.create_time.ToMilliseconds(), flush=True)
                 self.metrics.a2a_latency.observe(now - run.create_time.ToMilliseconds())
         if held_by is None:
             return
@@ -1588,7 +1613,8 @@ class AgentService:
         await self.store.put_run(live_run.stored, now)
         live_run.wake()
 
-    async def _load_run(self, run_id: str) -> LiveRun | None:
+    async def load_run(self, run_id: str) -> LiveRun | None:
+        """A run by id: the live one of this process, else a view of the stored one."""
         live_run = self.runs.get(run_id)
         if live_run is not None:
             return live_run
@@ -1605,8 +1631,8 @@ class AgentService:
         v = Violations()
         v.pattern(run_id, "run_id", validation.RUN_ID, "a run id such as run_0f3c…")
         v.raise_if_any("invalid request")
-        tenant = self._tenant(ctx)
-        live_run = await self._load_run(run_id)
+        tenant = self.tenant_of(ctx)
+        live_run = await self.load_run(run_id)
         if live_run is None:
             raise NotFound(
                 f"run {run_id} does not exist", reason="RUN_NOT_FOUND", metadata={"run_id": run_id}
@@ -1630,7 +1656,7 @@ class AgentService:
 
     async def list_runs(self, req: svc.ListRunsRequest, ctx: CallContext) -> svc.ListRunsResponse:
         """Runs of the caller's tenant, newest first."""
-        tenant = self._tenant(ctx)
+        tenant = self.tenant_of(ctx)
         filters = [req.agent_id, int(req.state)]
         page = page_request(req.page_size, req.page_token, filters)
         v = Violations()
@@ -1760,7 +1786,7 @@ class AgentService:
         self, req: svc.DisconnectAgentRequest, ctx: CallContext
     ) -> svc.DisconnectAgentResponse:
         """Takes an agent offline and hands its runs on."""
-        tenant = self._tenant(ctx)
+        tenant = self.tenant_of(ctx)
         Violations().text(req.reason, "reason", max_len=500)
         live = await self._require_agent(tenant, req.agent_id)
         if live.agent.state == RETIRED:
@@ -1770,7 +1796,7 @@ class AgentService:
 
     async def delete_agent(self, req: svc.DeleteAgentRequest, ctx: CallContext) -> svc.DeleteAgentResponse:
         """Retires an agent: token revoked, skills withdrawn, runs handed on or failed."""
-        tenant = self._tenant(ctx)
+        tenant = self.tenant_of(ctx)
         live = await self._require_agent(tenant, req.agent_id)
         reason = req.reason or "deleted"
         async with self._lock(tenant, req.agent_id):
@@ -1791,7 +1817,7 @@ class AgentService:
         self, req: svc.RevokeAgentTokenRequest, ctx: CallContext
     ) -> svc.RevokeAgentTokenResponse:
         """Revokes the agent's token and ends its session."""
-        tenant = self._tenant(ctx)
+        tenant = self.tenant_of(ctx)
         live = await self._require_agent(tenant, req.agent_id)
         reason = req.reason or "token revoked"
         async with self._lock(tenant, req.agent_id):
@@ -1811,7 +1837,7 @@ class AgentService:
         self, req: svc.WatchAgentEventsRequest, ctx: CallContext
     ) -> AsyncIterator[svc.WatchAgentEventsResponse]:
         """Live events of one agent (or `-` for all) of the tenant, filtered by topic and type."""
-        tenant = self._tenant(ctx)
+        tenant = self.tenant_of(ctx)
         v = Violations()
         v.check(req.max_events >= 0, "max_events", "must not be negative")
         idle = _seconds(req.idle_timeout)
@@ -1959,6 +1985,10 @@ class AgentService:
                     receipt = svc.ConnectResponse()
                     receipt.receipt.run_id = c.run_id
                     try:
+                        if c.ByteSize() > 2 * 1024 * 1024:
+                            raise InvalidArgument(
+                                "invalid completion", [("run_complete.result", "is larger than 2 MiB")]
+                            )
                         lr = await self._held_run(live, c.run_id)
                         outcome = c.WhichOneof("outcome")
                         run = await self.complete(
@@ -1969,13 +1999,13 @@ class AgentService:
                         receipt.receipt.last_sequence = run.last_sequence
                         receipt.receipt.status.code = code_pb2.OK
                     except MeshError as exc:
-                        receipt.receipt.status.CopyFrom(_status(code_of(exc), exc.message))
+                        receipt.receipt.status.CopyFrom(to_status(exc, DOMAIN))
                     await out.put(receipt)
                 elif kind == "ack":
                     try:
                         status = await self.accept(live, msg.ack)
                     except MeshError as exc:
-                        status = _status(code_of(exc), exc.message)
+                        status = to_status(exc, DOMAIN)
                     if status.code != code_pb2.OK:
                         receipt = svc.ConnectResponse()
                         receipt.receipt.run_id = msg.ack.run_id
@@ -2006,7 +2036,7 @@ class AgentService:
             )
             receipt.receipt.status.code = code_pb2.OK
         except MeshError as exc:
-            receipt.receipt.status.CopyFrom(_status(code_of(exc), exc.message))
+            receipt.receipt.status.CopyFrom(to_status(exc, DOMAIN))
         await out.put(receipt)
 
 
