@@ -1,4 +1,8 @@
-"""PowerX provider SDK: serve capabilities to the mesh over gRPC and HTTP and stay in its registry.
+"""PowerX SDK: providers serve capabilities over gRPC and HTTP; agents run tasks and call each other.
+
+Providers (`Provider`) serve capabilities and stay in the mesh's registry; agents (`Agent`, see
+`sdk.agent`) register with the agent service, take runs over their session channel and call other
+agents' skills through the router.
 
 Example:
     ```python
@@ -18,9 +22,42 @@ Example:
     ```
 """
 
+from sdk._agent_errors import (
+    AgentError,
+    AgentExistsError,
+    AgentRevokedError,
+    AgentSignatureError,
+    CallDepthExceededError,
+    QuotaExceededError,
+    SessionNotFoundError,
+    TaskError,
+    ToolNotGrantedError,
+)
+from sdk._agent_task import TaskContext
+from sdk.agent import Agent, AgentStats
 from sdk.call import CallInfo
 from sdk.dispatch import CapabilitySpec
 from sdk.errors import AnnounceError, ProviderError
 from sdk.provider import Provider
+from sdk.signing import AgentKey
 
-__all__ = ["AnnounceError", "CallInfo", "CapabilitySpec", "Provider", "ProviderError"]
+__all__ = [
+    "Agent",
+    "AgentError",
+    "AgentExistsError",
+    "AgentKey",
+    "AgentRevokedError",
+    "AgentSignatureError",
+    "AgentStats",
+    "AnnounceError",
+    "CallDepthExceededError",
+    "CallInfo",
+    "CapabilitySpec",
+    "Provider",
+    "ProviderError",
+    "QuotaExceededError",
+    "SessionNotFoundError",
+    "TaskContext",
+    "TaskError",
+    "ToolNotGrantedError",
+]
