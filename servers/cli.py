@@ -17,6 +17,9 @@ from servers.common.settings import Settings
 log = logging.getLogger("powerx.cli")
 
 
+DEFAULT_UP_A2A_ADDRESS = "127.0.0.1:8081"
+
+
 def _split_address(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
@@ -66,6 +69,11 @@ async def _run(settings: Settings, with_edge: bool) -> int:
                 f"  Envoy admin  http://{settings.envoy_admin_address.rpartition(':')[0]}:{edge.admin_port}",
                 flush=True,
             )
+        if mesh.a2a_address:
+            print(
+                f"  A2A          http://{mesh.a2a_address}/a2a/<tenant>/<agent>/.well-known/agent-card.json",
+                flush=True,
+            )
         print("Press Ctrl-C to stop.", flush=True)
         await stop.wait()
         print("stopping…", flush=True)
@@ -97,14 +105,22 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--data-dir", help="data folder (POWERX_DATA_DIR)")
     up.add_argument("--edge-address", help="REST/gRPC edge address (POWERX_EDGE_ADDRESS)")
     up.add_argument("--admin-address", help="Envoy admin address (POWERX_ENVOY_ADMIN_ADDRESS)")
+    for p in (up, serve):
+        p.add_argument(
+            "--a2a-address", help="A2A listener address (POWERX_A2A_ADDRESS; `up`: 127.0.0.1:8081)"
+        )
     sub.add_parser("migrate", help="apply database migrations and exit")
     args = parser.parse_args(argv)
 
     settings = Settings.from_env()
+    if args.command == "up" and not settings.a2a_address:
+        # The embedded mesh publishes its agents over A2A by default; scaled-out deployments opt in.
+        settings = replace(settings, a2a_address=DEFAULT_UP_A2A_ADDRESS)
     overrides = {
         "grpc_address": getattr(args, "grpc_address", None),
         "edge_address": getattr(args, "edge_address", None),
         "envoy_admin_address": getattr(args, "admin_address", None),
+        "a2a_address": getattr(args, "a2a_address", None),
     }
     settings = replace(settings, **{k: v for k, v in overrides.items() if v})
     if getattr(args, "data_dir", None):

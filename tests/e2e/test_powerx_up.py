@@ -22,6 +22,7 @@ def test_powerx_up_serves_rest_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         POWERX_GRPC_ADDRESS="127.0.0.1:0",
         POWERX_EDGE_ADDRESS="127.0.0.1:0",
         POWERX_ENVOY_ADMIN_ADDRESS="127.0.0.1:0",
+        POWERX_A2A_ADDRESS="127.0.0.1:0",
         POWERX_DATA_DIR=str(tmp_path / "data"),
         POWERX_LOG_LEVEL="WARNING",
     )
