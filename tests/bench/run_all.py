@@ -24,6 +24,8 @@ import grpc
 from google.protobuf import __version__ as protobuf_version
 
 from tests.bench import (
+    bench_agent_heartbeats,
+    bench_agent_stream,
     bench_invoke_overhead,
     bench_resolve_direct,
     bench_route_decision,
@@ -37,7 +39,12 @@ WITH_CLUSTER = {
     bench_resolve_direct.NAME: bench_resolve_direct,
     bench_stream.NAME: bench_stream,
 }
-ALL = [*IN_PROCESS, *WITH_CLUSTER]
+# Benchmarks that start processes of their own (a mesh with 10,000 agents, an agent, a subscriber).
+OWN_PROCESSES = {
+    bench_agent_heartbeats.NAME: bench_agent_heartbeats,
+    bench_agent_stream.NAME: bench_agent_stream,
+}
+ALL = [*IN_PROCESS, *WITH_CLUSTER, *OWN_PROCESSES]
 
 
 def _verdict(ok: bool) -> str:
@@ -112,6 +119,61 @@ def _summary(results: dict[str, Any]) -> None:
                 _verdict(r["ratio"] >= 0.5),
             )
         )
+    if r := results.get("agent_heartbeats"):
+        rows.append(
+            (
+                f"agent_heartbeats unary heartbeats/s ({r['agents']:,} agents)",
+                f"{fmt(r['unary_rate'])} (best {fmt(r['unary_best'])}; bare server {fmt(r['bare_rate'])}, "
+                f"{r['unary_ratio']:.2f}x; mesh CPU {r['unary_cpu_s_per_1k']:.2f} s per 1k)",
+                ">= 5,000/s",
+                _verdict(r["unary_rate"] >= 5000),
+            )
+        )
+        if "stream_rate" in r:
+            rows.append(
+                (
+                    "agent_heartbeats Connect-stream heartbeats/s",
+                    f"{fmt(r['stream_rate'])} (best {fmt(r['stream_best'])}; bare server "
+                    f"{fmt(r['stream_bare_rate'])}; mesh CPU {r['stream_cpu_s_per_1k']:.3f} s per 1k)",
+                    ">= 5,000/s",
+                    _verdict(r["stream_rate"] >= 5000),
+                )
+            )
+        rows.append(
+            (
+                "agent_heartbeats DB writes in the steady windows",
+                f"{r['steady_agent_writes']} to agents; {r['steady_agent_rows_touched']} rows touched",
+                "0",
+                _verdict(r["steady_agent_writes"] == 0 and r["steady_agent_rows_touched"] == 0),
+            )
+        )
+        rows.append(
+            (
+                "agent_heartbeats memory per agent (VmRSS)",
+                f"{r['rss_per_registered_kib']:.1f} KiB registered over gRPC; "
+                f"{r['rss_per_seeded_kib']:.1f} KiB agent service only",
+                "-",
+                "-",
+            )
+        )
+    if r := results.get("agent_stream"):
+        rows.append(
+            (
+                "agent_stream mesh/direct events/s (1 per message)",
+                f"{r['ratio']:.2f}x (best {r['ratio_best']:.2f}x; {fmt(r['mesh_rate'])} vs "
+                f"{fmt(r['direct_rate'])}); 50 per message {fmt(r['mesh_rate_batched'])}/s",
+                ">= 0.5x",
+                _verdict(r["ratio"] >= 0.5),
+            )
+        )
+        rows.append(
+            (
+                "agent_stream time to first token added",
+                f"+{fmt(r['ttfc_added_us'])} µs ({fmt(r['ttfc_mesh_us'])} vs {fmt(r['ttfc_direct_us'])} µs)",
+                "-",
+                "-",
+            )
+        )
     for name, value, target, verdict in rows:
         print(f"  {name:<54} {value:<62} target {target:<9} {verdict}")
     print(f"  (load average at the end: {loadavg()})")
@@ -126,19 +188,25 @@ async def _main(names: list[str], quick: bool, profile: Path | None) -> dict[str
             gc.collect()  # drop the bench's snapshot before the next one
             print(f"  ({name} took {time.perf_counter() - t0:.1f}s)", flush=True)
     cluster_names = [n for n in names if n in WITH_CLUSTER]
-    if not cluster_names:
-        return results
-    print()
-    cluster = Cluster(profile_mesh=profile)
-    try:
-        await cluster.start()
-        await cluster.measure_idle(1.0 if quick else 2.0)
-        for name in cluster_names:
+    if cluster_names:
+        print()
+        cluster = Cluster(profile_mesh=profile)
+        try:
+            await cluster.start()
+            await cluster.measure_idle(1.0 if quick else 2.0)
+            for name in cluster_names:
+                t0 = time.perf_counter()
+                results[name] = await WITH_CLUSTER[name].run(cluster, quick=quick)
+                print(f"  ({name} took {time.perf_counter() - t0:.1f}s)", flush=True)
+        finally:
+            cluster.stop()
+    for name in names:
+        if name in OWN_PROCESSES:
             t0 = time.perf_counter()
-            results[name] = await WITH_CLUSTER[name].run(cluster, quick=quick)
+            # Their mesh profiles go next to the cluster's, one file per measured phase.
+            profile_dir = profile.parent if profile is not None else None
+            results[name] = await OWN_PROCESSES[name].run(quick=quick, profile_dir=profile_dir)
             print(f"  ({name} took {time.perf_counter() - t0:.1f}s)", flush=True)
-    finally:
-        cluster.stop()
     return results
 
 
