@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from google.protobuf import duration_pb2, json_format, struct_pb2
+from google.protobuf import json_format, struct_pb2
 from google.rpc import code_pb2
 
 from powerx.common.v1 import common_pb2
@@ -48,6 +48,7 @@ from servers.common.errors import (
     to_status,
 )
 from servers.common.streams import stream_end
+from servers.common.times import duration_s
 from servers.common.validate import Violations
 from servers.registry import validation
 from servers.registry.service import require_tenant
@@ -120,12 +121,6 @@ def _error_for_attempt(err: TransportError, capability_id: str, attempts: int, w
             "code": code_pb2.Code.Name(err.code),
         },
     )
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(seconds * 1e9))
-    return d
 
 
 # (context, capability id, arguments) -> the calling agent's tenant, and metadata describing the caller
@@ -492,7 +487,7 @@ class RouterService:
                 transport=s.endpoint.transport,  # type: ignore[arg-type]
                 code=err.code,
                 message=err.message[:300],
-                latency=_duration(elapsed),
+                latency=duration_s(elapsed),
             )
         )
         self.metrics.failures.labels(inv.capability_id, transport_label(s.endpoint.transport)).inc()
@@ -588,7 +583,7 @@ class RouterService:
                     endpoint=self._endpoint_message(s),
                     version=s.offering.version,
                     attempts=inv.attempts,
-                    latency=_duration(self.clock() - inv.started),
+                    latency=duration_s(self.clock() - inv.started),
                     candidates=explained,
                 )
                 resp.result.CopyFrom(value)

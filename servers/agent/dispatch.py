@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from google.protobuf import duration_pb2, struct_pb2
+from google.protobuf import struct_pb2
 from google.rpc import code_pb2
 
 from powerx.agent.v1 import run_pb2
@@ -23,6 +23,7 @@ from servers.agent.live import LiveRun
 from servers.agent.service import AgentCaller, AgentService, RunRequest
 from servers.common.context import CallContext
 from servers.common.errors import MeshError, code_of
+from servers.common.times import duration_s
 
 
 class AgentDispatch:
@@ -42,7 +43,7 @@ class AgentDispatch:
         if len(trace) == 4:
             task.trace_id = trace[1]
         if call.timeout_s is not None:
-            task.timeout.CopyFrom(_duration(min(call.timeout_s, 24 * 3600)))
+            task.timeout.CopyFrom(duration_s(min(call.timeout_s, 24 * 3600)))
         if call.idempotency_key:
             task.idempotency_key = f"route:{call.idempotency_key}"[:128]
         caller = None
@@ -130,12 +131,6 @@ class AgentDispatch:
         if live.agent.state in LIVE:
             return True, ""
         return False, f"agent is {name(live.agent.state).lower()}"
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(seconds * 1e9))
-    return d
 
 
 def _error(run: run_pb2.Run) -> TransportError:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from powerx.agent.v1 import agent_pb2, run_pb2
 from servers.agent.store import AgentStore, StoredAgent, StoredRun
+from servers.common.times import seconds_of
 
 log = logging.getLogger("powerx.agent")
 
@@ -107,9 +108,7 @@ class LiveAgent:
 
     def interval_s(self, default_s: float) -> float:
         """Its heartbeat interval."""
-        hb = self.stored.agent.runtime.heartbeat_interval
-        seconds = hb.seconds + hb.nanos / 1e9
-        return seconds or default_s
+        return seconds_of(self.stored.agent.runtime.heartbeat_interval) or default_s
 
 
 class LiveRun:

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import ParamSpec, Protocol, TypeVar
 
-from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 
@@ -62,6 +62,7 @@ from servers.common.errors import (
     to_status,
 )
 from servers.common.streams import stream_end
+from servers.common.times import duration_s, seconds_of, timestamp_ms
 from servers.common.validate import Violations, next_page_token, page_request
 from servers.registry.service import RegistryService, endpoint_id_for
 
@@ -111,22 +112,6 @@ def event_topic_name(event_type: int) -> str:
 
 
 ALL_EVENT_TYPES = tuple(t for t in ET.AgentEventType.values() if t)
-
-
-def _ts(ms: int) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromMilliseconds(ms)
-    return ts
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(seconds * 1e9))
-    return d
-
-
-def _seconds(d: duration_pb2.Duration) -> float:
-    return d.seconds + d.nanos / 1e9
 
 
 def _status(code: int, message: str) -> status_pb2.Status:
@@ -483,7 +468,7 @@ class AgentService:
         agent = _copy(live.agent)
         agent.ClearField("signature")
         if live.last_heartbeat_wall_ms:
-            agent.last_heartbeat_time.CopyFrom(_ts(live.last_heartbeat_wall_ms))
+            agent.last_heartbeat_time.CopyFrom(timestamp_ms(live.last_heartbeat_wall_ms))
             agent.load.CopyFrom(live.load)
         health = (
             common_pb2.HEALTH_STATE_HEALTHY
@@ -526,7 +511,7 @@ class AgentService:
             previous_state=previous,  # type: ignore[arg-type]
             reason=reason[:500],
         )
-        event.event_time.CopyFrom(_ts(self.clock_ms()))
+        event.event_time.CopyFrom(timestamp_ms(self.clock_ms()))
         if run is not None:
             event.run_id = run.run_id
             event.run.CopyFrom(run)
@@ -550,7 +535,7 @@ class AgentService:
         return lifecycle.Health(
             run_count=stats.run_count,
             error_rate=stats.error_rate,
-            avg_latency_s=_seconds(stats.avg_latency),
+            avg_latency_s=seconds_of(stats.avg_latency),
             cpu=live.load.cpu_usage,
             mem=live.load.mem_usage,
         )
@@ -572,8 +557,8 @@ class AgentService:
         now = self.clock_ms()
         a.state = target  # type: ignore[assignment]
         a.state_reason = reason[:500]
-        a.state_change_time.CopyFrom(_ts(now))
-        a.update_time.CopyFrom(_ts(now))
+        a.state_change_time.CopyFrom(timestamp_ms(now))
+        a.update_time.CopyFrom(timestamp_ms(now))
         await self.store.put_agent(live.stored, now)
         await self._emit(event_type, live, previous=previous, reason=reason, with_agent=True)
         await self._endpoint_health(live, previous, target)
@@ -722,8 +707,8 @@ class AgentService:
             agent.manifest_digest = hashlib.sha256(signing.canonical_manifest(manifest)).hexdigest()
             if not agent.runtime.max_concurrency:
                 agent.runtime.max_concurrency = 1
-            if not _seconds(agent.runtime.heartbeat_interval):
-                agent.runtime.heartbeat_interval.CopyFrom(_duration(self.config.default_heartbeat_s))
+            if not seconds_of(agent.runtime.heartbeat_interval):
+                agent.runtime.heartbeat_interval.CopyFrom(duration_s(self.config.default_heartbeat_s))
             if self.config.a2a_base_url:
                 agent.a2a_card_url = (
                     f"{self.config.a2a_base_url.rstrip('/')}/{tenant}/{agent_id}/.well-known/agent-card.json"
@@ -735,16 +720,16 @@ class AgentService:
                 agent.create_time.CopyFrom(existing.agent.create_time)
                 lifecycle.check(previous, REGISTERING, agent_id)
             else:
-                agent.create_time.CopyFrom(_ts(now))
+                agent.create_time.CopyFrom(timestamp_ms(now))
             await self._announce(agent)
             session_id = "sess_" + secrets.token_hex(12)
             token = self.signer.issue(tenant, agent_id, now)
             agent.session_id = session_id
-            agent.token_issue_time.CopyFrom(_ts(now))
+            agent.token_issue_time.CopyFrom(timestamp_ms(now))
             agent.state = REGISTERING
             agent.state_reason = "registered again" if existing else "registered"
-            agent.state_change_time.CopyFrom(_ts(now))
-            agent.update_time.CopyFrom(_ts(now))
+            agent.state_change_time.CopyFrom(timestamp_ms(now))
+            agent.update_time.CopyFrom(timestamp_ms(now))
             stored = StoredAgent(agent, KIND_NATIVE, token_hash(token))
             await self.store.put_agent(stored, now)
             live = self.agents.get((tenant, agent_id))
@@ -844,13 +829,13 @@ class AgentService:
             agent.runtime.max_concurrency = agent.runtime.max_concurrency or 16
             agent.state = lifecycle.IDLE
             agent.state_reason = "agent card fetched"
-            agent.state_change_time.CopyFrom(_ts(now))
-            agent.update_time.CopyFrom(_ts(now))
+            agent.state_change_time.CopyFrom(timestamp_ms(now))
+            agent.update_time.CopyFrom(timestamp_ms(now))
             if existing is not None:
                 agent.create_time.CopyFrom(existing.agent.create_time)
                 agent.stats.CopyFrom(existing.agent.stats)
             else:
-                agent.create_time.CopyFrom(_ts(now))
+                agent.create_time.CopyFrom(timestamp_ms(now))
             await self._announce(agent)
             stored = StoredAgent(agent, KIND_A2A, "")
             await self.store.put_agent(stored, now)
@@ -1177,12 +1162,12 @@ class AgentService:
         run.task.CopyFrom(task)
         run.task.actor_id = task.actor_id or ctx.principal
         run.task.trace_id = task.trace_id or ctx.trace_id
-        timeout = _seconds(task.timeout) or self.config.default_run_timeout_s
+        timeout = seconds_of(task.timeout) or self.config.default_run_timeout_s
         if ctx.deadline is not None:
             timeout = min(timeout, max(0.001, ctx.deadline - time.monotonic()))
-        run.create_time.CopyFrom(_ts(now))
-        run.update_time.CopyFrom(_ts(now))
-        run.deadline_time.CopyFrom(_ts(now + int(timeout * 1000)))
+        run.create_time.CopyFrom(timestamp_ms(now))
+        run.update_time.CopyFrom(timestamp_ms(now))
+        run.deadline_time.CopyFrom(timestamp_ms(now + int(timeout * 1000)))
         if rr.caller is not None:
             run.caller_agent_id = rr.caller.agent.agent.agent_id
             run.depth = rr.caller.depth
@@ -1295,7 +1280,7 @@ class AgentService:
         run.agent_id = live.agent.agent_id
         run.session_id = live.agent.session_id
         run.attempt += 1
-        run.assign_time.CopyFrom(_ts(now))
+        run.assign_time.CopyFrom(timestamp_ms(now))
         live_run.stored.agent_tenant_id = live.agent.tenant_id
         live.runs.add(run.run_id)
         await self._state_event(live_run, previous, run.state_reason)
@@ -1332,7 +1317,7 @@ class AgentService:
     ) -> svc.PullAssignmentsResponse:
         """Takes waiting assignments (long poll); they become RUNNING."""
         v = Violations()
-        wait = _seconds(req.wait)
+        wait = seconds_of(req.wait)
         v.check(0 <= wait <= 60, "wait", "must be between 0 and 60 s")
         v.check(req.max_count >= 0, "max_count", "must not be negative")
         v.raise_if_any("invalid pull")
@@ -1365,7 +1350,7 @@ class AgentService:
                 return
             run.state = RUNNING
             run.state_reason = "accepted by the agent"
-            run.start_time.CopyFrom(_ts(self.clock_ms()))
+            run.start_time.CopyFrom(timestamp_ms(self.clock_ms()))
             await self._state_event(live_run, ASSIGNED, run.state_reason)
             await self._save_run(live_run)
 
@@ -1430,7 +1415,7 @@ class AgentService:
                 reason="RUN_NOT_RUNNING",
                 metadata={"run_id": run.run_id},
             )
-        now = _ts(self.clock_ms())
+        now = timestamp_ms(self.clock_ms())
         seq = run.last_sequence
         numbered = []
         for e in events:
@@ -1537,7 +1522,7 @@ class AgentService:
             )
             was_held = run.state in HELD_RUN_STATES
             event = run_pb2.RunEvent(sequence=run.last_sequence + 1, run_id=run.run_id)
-            event.event_time.CopyFrom(_ts(now))
+            event.event_time.CopyFrom(timestamp_ms(now))
             event.result.state = state  # type: ignore[assignment]
             if result is not None:
                 event.result.result.CopyFrom(result)
@@ -1547,7 +1532,7 @@ class AgentService:
                 run.error.CopyFrom(error)
             run.state = state  # type: ignore[assignment]
             run.state_reason = reason[:500]
-            run.end_time.CopyFrom(_ts(now))
+            run.end_time.CopyFrom(timestamp_ms(now))
             live_run.add([event])
             await self.writer.write(run.run_id, [event])
             await self._save_run(live_run)
@@ -1592,14 +1577,14 @@ class AgentService:
             if stats.run_count > 1
             else float(failed)
         )
-        previous = _seconds(stats.avg_latency)
+        previous = seconds_of(stats.avg_latency)
         average = seconds if stats.run_count == 1 else (1 - alpha) * previous + alpha * seconds
-        stats.avg_latency.CopyFrom(_duration(average))
+        stats.avg_latency.CopyFrom(duration_s(average))
 
     async def _state_event(self, live_run: LiveRun, previous: int, reason: str) -> None:
         run = live_run.run
         event = run_pb2.RunEvent(sequence=run.last_sequence + 1, run_id=run.run_id)
-        event.event_time.CopyFrom(_ts(self.clock_ms()))
+        event.event_time.CopyFrom(timestamp_ms(self.clock_ms()))
         event.state_change.previous_state = previous  # type: ignore[assignment]
         event.state_change.state = run.state
         event.state_change.reason = reason[:500]
@@ -1609,7 +1594,7 @@ class AgentService:
 
     async def _save_run(self, live_run: LiveRun) -> None:
         now = self.clock_ms()
-        live_run.run.update_time.CopyFrom(_ts(now))
+        live_run.run.update_time.CopyFrom(timestamp_ms(now))
         await self.store.put_run(live_run.stored, now)
         live_run.wake()
 
@@ -1698,7 +1683,7 @@ class AgentService:
         v = Violations()
         v.check(req.from_sequence >= 0, "from_sequence", "must not be negative")
         v.check(req.max_events >= 0, "max_events", "must not be negative")
-        idle = _seconds(req.idle_timeout)
+        idle = seconds_of(req.idle_timeout)
         v.check(0 <= idle <= 3600, "idle_timeout", "must be between 0 and 1 h")
         v.raise_if_any("invalid stream request")
         live_run = await self._tenant_run(ctx, req.run_id)
@@ -1840,7 +1825,7 @@ class AgentService:
         tenant = self.tenant_of(ctx)
         v = Violations()
         v.check(req.max_events >= 0, "max_events", "must not be negative")
-        idle = _seconds(req.idle_timeout)
+        idle = seconds_of(req.idle_timeout)
         v.check(0 <= idle <= 3600, "idle_timeout", "must be between 0 and 1 h")
         for i, topic in enumerate(req.topics):
             v.check(

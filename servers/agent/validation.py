@@ -11,6 +11,7 @@ from powerx.agent.v1 import agent_pb2, run_pb2
 from powerx.common.v1 import common_pb2
 from sdk import signing
 from servers.common.context import valid_tenant
+from servers.common.times import seconds_of
 from servers.common.validate import SEMVER, Violations
 from servers.registry import validation as registry_validation
 
@@ -62,7 +63,7 @@ def check_manifest(agent: agent_pb2.Agent, *, require_signature: bool) -> None:
     v.text(agent.author, "agent.author", max_len=200)
     v.text(agent.description, "agent.description", max_len=4096)
     rt = agent.runtime
-    hb = rt.heartbeat_interval.seconds + rt.heartbeat_interval.nanos / 1e9
+    hb = seconds_of(rt.heartbeat_interval)
     v.check(
         hb == 0 or MIN_HEARTBEAT_S <= hb <= MAX_HEARTBEAT_S,
         "agent.runtime.heartbeat_interval",
@@ -157,7 +158,7 @@ def check_task(task: run_pb2.Task, v: Violations, *, skill_required: bool) -> No
     v.text(task.actor_id, "task.actor_id", max_len=255)
     if task.trace_id:
         v.check(bool(TRACE_ID.match(task.trace_id)), "task.trace_id", "must be 32 lower-case hex digits")
-    timeout = task.timeout.seconds + task.timeout.nanos / 1e9
+    timeout = seconds_of(task.timeout)
     v.check(0 <= timeout <= MAX_TIMEOUT_S, "task.timeout", "must be between 0 and 24 h")
     if task.idempotency_key:
         v.check(

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 
 from powerx.common.v1 import common_pb2
 from powerx.registry.v1 import (
@@ -29,6 +29,7 @@ from servers.common.bus import EventBus
 from servers.common.context import CallContext, valid_tenant
 from servers.common.errors import FailedPrecondition, InvalidArgument, NotFound, TenantRequired
 from servers.common.streams import stream_end
+from servers.common.times import timestamp_ms
 from servers.common.validate import Violations, next_page_token, page_request, semver_key
 from servers.registry import validation
 from servers.registry.store import (
@@ -65,12 +66,6 @@ ET = event_pb2
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _ts(ms: int) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromMilliseconds(ms)
-    return ts
 
 
 def _duration(ms: int) -> duration_pb2.Duration:
@@ -127,10 +122,10 @@ def provider_message(row: ProviderRow) -> provider_pb2.Provider:
     p.tenant_id = row.tenant_id
     p.state = row.state  # type: ignore[assignment]
     p.lease_ttl.CopyFrom(_duration(row.lease_ttl_ms))
-    p.lease_expire_time.CopyFrom(_ts(row.lease_expires_ms))
+    p.lease_expire_time.CopyFrom(timestamp_ms(row.lease_expires_ms))
     p.manifest_digest = row.manifest_digest
-    p.create_time.CopyFrom(_ts(row.created_ms))
-    p.update_time.CopyFrom(_ts(row.updated_ms))
+    p.create_time.CopyFrom(timestamp_ms(row.created_ms))
+    p.update_time.CopyFrom(timestamp_ms(row.updated_ms))
     p.revision = row.revision
     return p
 
@@ -159,8 +154,8 @@ def capability_message(
     c.provider_id = row.provider_id
     c.tenant_id = row.tenant_id
     c.tenant_scopes.extend(row.grantees)
-    c.create_time.CopyFrom(_ts(row.created_ms))
-    c.update_time.CopyFrom(_ts(row.updated_ms))
+    c.create_time.CopyFrom(timestamp_ms(row.created_ms))
+    c.update_time.CopyFrom(timestamp_ms(row.updated_ms))
     c.revision = row.revision
     c.endpoints.extend(endpoint_message(e) for e in endpoints)
     return c
@@ -190,11 +185,11 @@ def endpoint_message(row: EndpointRow, lease_expires_ms: int = 0) -> endpoint_pb
     e.tenant_id = row.tenant_id
     e.health = row.health  # type: ignore[assignment]
     e.health_reason = row.health_reason
-    e.health_change_time.CopyFrom(_ts(row.health_changed_ms))
+    e.health_change_time.CopyFrom(timestamp_ms(row.health_changed_ms))
     if lease_expires_ms:
-        e.lease_expire_time.CopyFrom(_ts(lease_expires_ms))
-    e.create_time.CopyFrom(_ts(row.created_ms))
-    e.update_time.CopyFrom(_ts(row.updated_ms))
+        e.lease_expire_time.CopyFrom(timestamp_ms(lease_expires_ms))
+    e.create_time.CopyFrom(timestamp_ms(row.created_ms))
+    e.update_time.CopyFrom(timestamp_ms(row.updated_ms))
     e.revision = row.revision
     return e
 
@@ -232,7 +227,7 @@ class _EventSink:
             request_id=self.ctx.request_id,
             previous_health=previous_health,  # type: ignore[arg-type]
         )
-        event.event_time.CopyFrom(_ts(self.now_ms))
+        event.event_time.CopyFrom(timestamp_ms(self.now_ms))
         if provider is not None:
             event.provider.CopyFrom(provider)
         if capability is not None:
@@ -265,7 +260,7 @@ class _EventSink:
         msg = endpoint_message(ep)
         msg.health = health  # type: ignore[assignment]
         msg.health_reason = stored_reason
-        msg.health_change_time.CopyFrom(_ts(self.now_ms))
+        msg.health_change_time.CopyFrom(timestamp_ms(self.now_ms))
         msg.revision = self.tx.revision + 1
         revision = await self.emit(
             ET.REGISTRY_EVENT_TYPE_ENDPOINT_HEALTH_CHANGED,
