@@ -41,13 +41,14 @@ from servers.agent.security import (
     NonceMemory,
     QuotaRule,
     Quotas,
+    TokenClaims,
     TokenSigner,
     hashes_equal,
     token_hash,
 )
 from servers.agent.store import KIND_A2A, KIND_NATIVE, AgentStore, StoredAgent, StoredRun
 from servers.common.bus import EventBus, InProcessBus, Subscription
-from servers.common.context import CallContext, valid_tenant
+from servers.common.context import CallContext
 from servers.common.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -57,14 +58,13 @@ from servers.common.errors import (
     NotFound,
     PermissionDenied,
     ResourceExhausted,
-    TenantRequired,
     Unauthenticated,
     to_status,
 )
 from servers.common.streams import stream_end
 from servers.common.times import duration_s, seconds_of, timestamp_ms
 from servers.common.validate import Violations, next_page_token, page_request
-from servers.registry.service import RegistryService, endpoint_id_for
+from servers.registry.service import RegistryService, endpoint_id_for, require_tenant
 
 log = logging.getLogger("powerx.agent")
 M = TypeVar("M", bound=Message)
@@ -392,14 +392,10 @@ class AgentService:
                 "this call needs the agent's token: authorization: Bearer agt_…",
                 reason="AGENT_TOKEN_REQUIRED",
             )
-        claims = self.signer.verify(ctx.bearer)
+        claims = self._claims(ctx)
         if claims is None:
             raise Unauthenticated(
                 "the agent token is malformed or was not issued by this mesh", reason="AGENT_TOKEN_INVALID"
-            )
-        if ctx.tenant_id and ctx.tenant_id != claims.tenant_id:
-            raise PermissionDenied(
-                "the agent token belongs to another tenant than x-tenant-id", reason="TENANT_MISMATCH"
             )
         digest = token_hash(ctx.bearer)
         live = await self._live(claims.tenant_id, claims.agent_id)
@@ -428,27 +424,19 @@ class AgentService:
             )
         return live
 
+    def _claims(self, ctx: CallContext) -> TokenClaims | None:
+        """The claims of the call's agent token (None without a valid one); its tenant must be the call's."""
+        claims = self.signer.verify(ctx.bearer) if ctx.bearer else None
+        if claims is not None and ctx.tenant_id and ctx.tenant_id != claims.tenant_id:
+            raise PermissionDenied(
+                "the agent token belongs to another tenant than x-tenant-id", reason="TENANT_MISMATCH"
+            )
+        return claims
+
     def tenant_of(self, ctx: CallContext) -> str:
         """The tenant of a call: the agent token's, else `x-tenant-id` (validated)."""
-        if ctx.bearer:
-            claims = self.signer.verify(ctx.bearer)
-            if claims is not None:
-                if ctx.tenant_id and ctx.tenant_id != claims.tenant_id:
-                    raise PermissionDenied(
-                        "the agent token belongs to another tenant", reason="TENANT_MISMATCH"
-                    )
-                return claims.tenant_id
-        if not ctx.tenant_id:
-            raise TenantRequired(
-                "the call carries no tenant: send the x-tenant-id header",
-                [("metadata.x-tenant-id", "is required")],
-            )
-        if not valid_tenant(ctx.tenant_id):
-            raise TenantRequired(
-                "x-tenant-id is malformed",
-                [("metadata.x-tenant-id", "must be 1-63 letters, digits, '.', '_', '-'")],
-            )
-        return ctx.tenant_id
+        claims = self._claims(ctx)
+        return claims.tenant_id if claims is not None else require_tenant(ctx)
 
     def _lock(self, tenant: str, agent_id: str) -> asyncio.Lock:
         return self._locks.setdefault((tenant, agent_id), asyncio.Lock())
@@ -651,16 +639,15 @@ class AgentService:
         self, req: svc.RegisterAgentRequest, ctx: CallContext
     ) -> svc.RegisterAgentResponse:
         """Registers (or registers again) an agent from its manifest; returns its token and session."""
-        claims = self.signer.verify(ctx.bearer) if ctx.bearer else None
+        claims = self._claims(ctx)
         if ctx.bearer and claims is None:
             raise Unauthenticated(
                 "the agent token is malformed or was not issued by this mesh", reason="AGENT_TOKEN_INVALID"
             )
-        tenant = self.tenant_of(ctx)
+        tenant = claims.tenant_id if claims is not None else require_tenant(ctx)
         manifest = req.agent
         validation.check_manifest(manifest, require_signature=self.config.require_signed_manifests)
-        if req.resume_session_id:
-            Violations().text(req.resume_session_id, "resume_session_id", max_len=64)
+        _check_text(req.resume_session_id, "resume_session_id", 64)
         if claims is not None and claims.agent_id != manifest.agent_id:
             raise PermissionDenied("the agent token belongs to another agent", reason="AGENT_MISMATCH")
         agent_id = manifest.agent_id
@@ -987,12 +974,7 @@ class AgentService:
                 raise FailedPrecondition("the parent run is not running", reason="PARENT_RUN_NOT_RUNNING")
             parent = parent_live.stored
             depth = parent.run.depth + 1
-        if depth > MAX_DEPTH:
-            raise FailedPrecondition(
-                f"agent-to-agent call depth would be {depth}; at most {MAX_DEPTH} is allowed",
-                reason="AGENT_CALL_DEPTH_EXCEEDED",
-                metadata={"depth": str(depth), "max_depth": str(MAX_DEPTH)},
-            )
+        _check_depth(depth)
         if not validation.grant_allows(tuple(a.tool_grants), capability_id) or (
             parent is not None
             and parent.run.task.grants
@@ -1179,11 +1161,7 @@ class AgentService:
             if parent is None or parent.run.tenant_id != rr.tenant_id:
                 raise NotFound("the parent run does not exist in the tenant", reason="PARENT_RUN_NOT_FOUND")
             run.depth = parent.run.depth + 1
-            if run.depth > MAX_DEPTH:
-                raise FailedPrecondition(
-                    f"agent-to-agent call depth would be {run.depth}; at most {MAX_DEPTH} is allowed",
-                    reason="AGENT_CALL_DEPTH_EXCEEDED",
-                )
+            _check_depth(run.depth)
         if target is not None:
             run.agent_id = target.agent.agent_id
         stored = StoredRun(run, target.agent.tenant_id if target is not None else "")
@@ -1772,7 +1750,7 @@ class AgentService:
     ) -> svc.DisconnectAgentResponse:
         """Takes an agent offline and hands its runs on."""
         tenant = self.tenant_of(ctx)
-        Violations().text(req.reason, "reason", max_len=500)
+        _check_text(req.reason, "reason", 500)
         live = await self._require_agent(tenant, req.agent_id)
         if live.agent.state == RETIRED:
             raise FailedPrecondition(f"agent {req.agent_id} is retired", reason="AGENT_RETIRED")
@@ -1781,13 +1759,13 @@ class AgentService:
 
     async def delete_agent(self, req: svc.DeleteAgentRequest, ctx: CallContext) -> svc.DeleteAgentResponse:
         """Retires an agent: token revoked, skills withdrawn, runs handed on or failed."""
+        _check_text(req.reason, "reason", 500)
         tenant = self.tenant_of(ctx)
         live = await self._require_agent(tenant, req.agent_id)
         reason = req.reason or "deleted"
         async with self._lock(tenant, req.agent_id):
             if live.agent.state != RETIRED:
-                live.stored.token_hash = ""
-                live.agent.ClearField("token_issue_time")
+                _revoke(live)
                 await self._set_state(live, RETIRED, reason, ET.AGENT_EVENT_TYPE_RETIRED)
                 self._end_streams(live)
                 with contextlib.suppress(NotFound):
@@ -1802,12 +1780,12 @@ class AgentService:
         self, req: svc.RevokeAgentTokenRequest, ctx: CallContext
     ) -> svc.RevokeAgentTokenResponse:
         """Revokes the agent's token and ends its session."""
+        _check_text(req.reason, "reason", 500)
         tenant = self.tenant_of(ctx)
         live = await self._require_agent(tenant, req.agent_id)
         reason = req.reason or "token revoked"
         async with self._lock(tenant, req.agent_id):
-            live.stored.token_hash = ""
-            live.agent.ClearField("token_issue_time")
+            _revoke(live)
             if live.agent.state not in (DISCONNECTED, RETIRED):
                 await self._set_state(live, DISCONNECTED, reason, ET.AGENT_EVENT_TYPE_DISCONNECTED)
             else:
@@ -2068,6 +2046,27 @@ def _copy(msg: M) -> M:
     clone = type(msg)()
     clone.CopyFrom(msg)
     return clone
+
+
+def _check_text(value: str, field: str, max_len: int) -> None:
+    v = Violations()
+    v.text(value, field, max_len=max_len)
+    v.raise_if_any("invalid request")
+
+
+def _revoke(live: LiveAgent) -> None:
+    """Forgets the agent's token (its hash), so that no call authenticates with it any more."""
+    live.stored.token_hash = ""
+    live.agent.ClearField("token_issue_time")
+
+
+def _check_depth(depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise FailedPrecondition(
+            f"agent-to-agent call depth would be {depth}; at most {MAX_DEPTH} is allowed",
+            reason="AGENT_CALL_DEPTH_EXCEEDED",
+            metadata={"depth": str(depth), "max_depth": str(MAX_DEPTH)},
+        )
 
 
 def _check_load(load: agent_pb2.AgentLoad, field: str) -> None:

@@ -870,3 +870,24 @@ async def test_quotas_and_replay_memory_are_shared_through_redis(
     finally:
         for m in meshes:
             await m.stop(0)
+
+
+async def test_overlong_reasons_and_session_ids_are_rejected(stub: svc_grpc.AgentServiceStub) -> None:
+    reg = await register(stub, "com.acme.a")
+    long = "x" * 501
+    for call, req in [
+        (stub.DisconnectAgent, svc.DisconnectAgentRequest(agent_id="com.acme.a", reason=long)),
+        (stub.DeleteAgent, svc.DeleteAgentRequest(agent_id="com.acme.a", reason=long)),
+        (stub.RevokeAgentToken, svc.RevokeAgentTokenRequest(agent_id="com.acme.a", reason=long)),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call(req, metadata=T1)
+        assert bad_fields(err.value) == {"reason"}
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.RegisterAgent(
+            svc.RegisterAgentRequest(agent=manifest("com.acme.a"), resume_session_id="s" * 65),
+            metadata=reg.md,
+        )
+    assert bad_fields(err.value) == {"resume_session_id"}
+    got = (await stub.GetAgent(svc.GetAgentRequest(agent_id="com.acme.a"), metadata=T1)).agent
+    assert (got.state, got.session_id) == (agent_pb2.AGENT_STATE_IDLE, reg.session_id)  # nothing changed
