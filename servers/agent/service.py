@@ -85,6 +85,9 @@ MAX_DEPTH = 3
 AGENT_LEASE_S = 24 * 3600
 LEASE_RENEW_S = 6 * 3600
 FINISHED_RUN_KEPT_S = 30.0
+LIST_BATCH = 500
+# States in which an agent is expected to heartbeat (and is disconnected when it stops).
+HEARTBEATING = LIVE | {REGISTERING}
 
 
 P = ParamSpec("P")
@@ -292,15 +295,16 @@ class AgentService:
     async def sweep(self) -> None:
         """One pass of the sweeper."""
         now = self.monotonic()
-        for live in list(self.agents.values()):
-            state = live.agent.state
-            if live.stored.kind != KIND_NATIVE or state not in (LIVE | {REGISTERING}):
-                continue
-            limit = self.config.missed_heartbeats * live.interval_s(self.config.default_heartbeat_s)
-            if now - live.last_seen > limit:
-                await self._disconnect(
-                    live, f"missed {self.config.missed_heartbeats} heartbeats", end_session=False
-                )
+        for key, live in list(self.agents.items()):
+            if live.stored.kind == KIND_NATIVE and live.agent.state in HEARTBEATING:
+                limit = self.config.missed_heartbeats * live.interval_s(self.config.default_heartbeat_s)
+                if now - live.last_seen > limit:
+                    await self._disconnect(
+                        live, f"missed {self.config.missed_heartbeats} heartbeats", end_session=False
+                    )
+                    continue
+            if live.agent.state in LIVE and now - self._renewed.get(key, now) > LEASE_RENEW_S:
+                await self._renew_lease(live)
         wall = self.clock_ms()
         for run_id, live_run in list(self.runs.items()):
             run = live_run.run
@@ -318,9 +322,6 @@ class AgentService:
                     error=_status(code_pb2.DEADLINE_EXCEEDED, "the run did not finish within its timeout"),
                     reason="timed out",
                 )
-        for key, live in list(self.agents.items()):
-            if live.agent.state in LIVE and now - self._renewed.get(key, now) > LEASE_RENEW_S:
-                await self._renew_lease(live)
 
     # ---- the directory across processes -----------------------------------------------------------
 
@@ -366,7 +367,7 @@ class AgentService:
         ):
             return
         live = await self._live(*key, refresh=True)
-        if live is not None and live.agent.state in LIVE | {REGISTERING}:
+        if live is not None and live.agent.state in HEARTBEATING:
             live.last_seen = self.monotonic()
 
     # ---- authentication ------------------------------------------------------------------------------
@@ -447,9 +448,8 @@ class AgentService:
     # ---- views and events ----------------------------------------------------------------------------
 
     def _counts(self) -> tuple[int, int]:
-        registered = sum(1 for a in self.agents.values() if a.agent.state != RETIRED)
-        active = sum(1 for a in self.agents.values() if a.agent.state in LIVE)
-        return registered, active
+        states = collections.Counter(a.agent.state for a in self.agents.values())
+        return len(self.agents) - states[RETIRED], sum(states[s] for s in LIVE)
 
     def view(self, live: LiveAgent) -> agent_pb2.Agent:
         """The agent as callers see it: with its live load and heartbeat, without its signature."""
@@ -915,15 +915,15 @@ class AgentService:
         v.text(req.role, "role", max_len=63)
         v.raise_if_any("invalid filter")
         out: list[agent_pb2.Agent] = []
-        after = page.after
+        after = str(page.after[0]) if page.after else ""
         more = False
-        while True:
-            rows = await self.store.list_agents(tenant, type(page)(size=250, after=after), int(req.state))
-            for stored in rows[:1000]:
-                after = [stored.agent.agent_id]
-                if req.skill and req.skill not in stored.agent.skills:
-                    continue
-                if req.role and req.role not in stored.agent.roles:
+        while not more:  # skill and role are filtered here, so read in batches until the page is full
+            rows = await self.store.list_agents(tenant, after, LIST_BATCH, int(req.state))
+            for stored in rows:
+                after = stored.agent.agent_id
+                if (req.skill and req.skill not in stored.agent.skills) or (
+                    req.role and req.role not in stored.agent.roles
+                ):
                     continue
                 if len(out) == page.size:
                     more = True
@@ -932,7 +932,7 @@ class AgentService:
                 if live is not None:
                     live.stored = stored
                 out.append(self.view(live) if live is not None else _copy(stored.agent))
-            if more or len(rows) <= 250 * 4:
+            if len(rows) < LIST_BATCH:
                 break
         token = next_page_token([out[-1].agent_id], filters) if more and out else ""
         return svc.ListAgentsResponse(agents=out, next_page_token=token)

@@ -146,15 +146,13 @@ class AgentStore:
                     )
                 )
 
-    async def list_agents(self, tenant_id: str, page: Page, state: int) -> list[StoredAgent]:
-        """Agents of a tenant ordered by id after the page's keyset (the caller filters skill and role)."""
-        q = sa.select(agents_t).where(agents_t.c.tenant_id == tenant_id)
+    async def list_agents(self, tenant_id: str, after_id: str, limit: int, state: int) -> list[StoredAgent]:
+        """Up to `limit` agents of a tenant ordered by id, after `after_id` (the caller filters skills)."""
+        q = sa.select(agents_t).where(agents_t.c.tenant_id == tenant_id, agents_t.c.agent_id > after_id)
         if state:
             q = q.where(agents_t.c.state == state)
-        if page.after:
-            q = q.where(agents_t.c.agent_id > str(page.after[0]))
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(q.order_by(agents_t.c.agent_id).limit(page.size * 4 + 1))).all()
+            rows = (await conn.execute(q.order_by(agents_t.c.agent_id).limit(limit))).all()
         return [_agent(r) for r in rows]
 
     # ---- runs --------------------------------------------------------------------------------------
