@@ -85,12 +85,12 @@ from sdk._agent_state import read_state, write_state
 from sdk._agent_task import RunOutput, TaskContext, to_struct
 from sdk.dispatch import CAPABILITY_ID_RE, SEMVER_RE, to_python, to_value
 from sdk.lease import backoff_s
+from sdk.provider import PROVIDER_ID_RE, TENANT_ID_RE
 from sdk.signing import AgentKey
 
 log = logging.getLogger("powerx.sdk.agent")
 
-AGENT_ID_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,126}[a-z0-9])?$")
-TENANT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+AGENT_ID_RE = PROVIDER_ID_RE  # agent and provider ids follow the same rule (an agent is a provider)
 GRANT_RE = re.compile(r"^(\*|[a-z0-9][a-z0-9._/-]{0,190}(\.\*)?)$")
 TRACE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
