@@ -70,7 +70,7 @@ from powerx.agent.v1 import agent_service_pb2 as svc
 from powerx.common.v1 import common_pb2
 from servers.agent import validation
 from servers.agent.lifecycle import RETIRED
-from servers.agent.service import AgentService
+from servers.agent.service import AgentService, error_status
 from servers.agent.store import KIND_A2A
 from servers.common.context import CallContext, valid_tenant
 from servers.common.errors import FailedPrecondition, InvalidArgument, Unavailable
@@ -329,10 +329,6 @@ def _known_id(service: AgentService, tenant: str, card_url: str) -> str:
 def _grpc_channel(url: str) -> grpc.aio.Channel:
     # A card's gRPC url is host:port without a scheme or TLS flag: plaintext is all it can say.
     return grpc.aio.insecure_channel(url)
-
-
-def _status(code: int, message: str) -> status_pb2.Status:
-    return status_pb2.Status(code=code, message=message[:1000])
 
 
 def _text_of(parts: list[Part] | Any) -> str:
@@ -665,7 +661,7 @@ class A2ARunner:
         await service.mesh_finish(job.run_id, result, error)
 
     async def _fail(self, service: AgentService, job: _Job, code: int, message: str) -> None:
-        await self._finish(service, job, None, _status(code, message))
+        await self._finish(service, job, None, error_status(code, message))
 
 
 def _skill_id(agent_id: str, card: AgentCard, capability_id: str) -> str | None:

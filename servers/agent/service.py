@@ -117,7 +117,8 @@ def event_topic_name(event_type: int) -> str:
 ALL_EVENT_TYPES = tuple(t for t in ET.AgentEventType.values() if t)
 
 
-def _status(code: int, message: str) -> status_pb2.Status:
+def error_status(code: int, message: str) -> status_pb2.Status:
+    """The status a failed run (or a refused session message) carries; the message is capped."""
     return status_pb2.Status(code=code, message=message[:1000])
 
 
@@ -269,7 +270,7 @@ class AgentService:
             await self._finish(
                 live_run,
                 FAILED,
-                error=_status(
+                error=error_status(
                     code_pb2.UNAVAILABLE, "the mesh restarted while it ran the run on an external agent"
                 ),
                 reason="mesh restarted",
@@ -319,7 +320,9 @@ class AgentService:
                 await self._finish(
                     live_run,
                     FAILED,
-                    error=_status(code_pb2.DEADLINE_EXCEEDED, "the run did not finish within its timeout"),
+                    error=error_status(
+                        code_pb2.DEADLINE_EXCEEDED, "the run did not finish within its timeout"
+                    ),
                     reason="timed out",
                 )
 
@@ -617,7 +620,9 @@ class AgentService:
                 if live_run.run.task.skill or not fail_pinned:
                     await self._requeue(live_run, reason, keep_agent=not live_run.run.task.skill)
                     continue
-            await self._finish(live_run, FAILED, error=_status(code_pb2.UNAVAILABLE, reason), reason=reason)
+            await self._finish(
+                live_run, FAILED, error=error_status(code_pb2.UNAVAILABLE, reason), reason=reason
+            )
         await self._pump()
 
     async def _requeue(self, live_run: LiveRun, reason: str, *, keep_agent: bool) -> None:
@@ -1336,10 +1341,10 @@ class AgentService:
         """An agent's answer to an assignment on its session channel."""
         live_run = await self._held_run(live, ack.run_id)
         if live_run.run.state != ASSIGNED:
-            return _status(code_pb2.FAILED_PRECONDITION, "the run is not waiting for an answer")
+            return error_status(code_pb2.FAILED_PRECONDITION, "the run is not waiting for an answer")
         if ack.status.code == code_pb2.OK:
             await self._start(live_run)
-            return _status(code_pb2.OK, "")
+            return error_status(code_pb2.OK, "")
         async with self._run_lock(live_run.run.run_id):
             live.runs.discard(live_run.run.run_id)
             await self._requeue(
@@ -1347,7 +1352,7 @@ class AgentService:
             )
         await self._refresh_state(live, "run refused")
         await self._pump()
-        return _status(code_pb2.OK, "")
+        return error_status(code_pb2.OK, "")
 
     async def publish_run_output(
         self, req: svc.PublishRunOutputRequest, ctx: CallContext
@@ -1652,7 +1657,7 @@ class AgentService:
             return
         with contextlib.suppress(ValueError):
             self.queue.remove(live_run.run.run_id)
-        await self._finish(live_run, CANCELLED, error=_status(code_pb2.CANCELLED, reason), reason=reason)
+        await self._finish(live_run, CANCELLED, error=error_status(code_pb2.CANCELLED, reason), reason=reason)
 
     async def stream_run_output(
         self, req: svc.StreamRunOutputRequest, ctx: CallContext
@@ -1698,7 +1703,7 @@ class AgentService:
                     continue
                 if live_run.finished and next_seq > live_run.run.last_sequence:
                     run = live_run.run
-                    status = run.error if run.HasField("error") else _status(code_pb2.OK, "")
+                    status = run.error if run.HasField("error") else error_status(code_pb2.OK, "")
                     yield svc.StreamRunOutputResponse(end=stream_end("COMPLETED", next_seq - 1, status))
                     return
                 current = self.runs.get(live_run.run.run_id)
@@ -1977,7 +1982,7 @@ class AgentService:
                 elif kind == "hello":
                     receipt = svc.ConnectResponse()
                     receipt.receipt.status.CopyFrom(
-                        _status(code_pb2.INVALID_ARGUMENT, "hello was already sent")
+                        error_status(code_pb2.INVALID_ARGUMENT, "hello was already sent")
                     )
                     await out.put(receipt)
             if pending:
