@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, fields
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -51,22 +52,33 @@ class AuditRecord:
     streamed: bool
 
 
-_FIELDS = tuple(f.name for f in fields(AuditRecord))
-
-
 class AuditLog:
-    """Queues records and writes them in batches; `close()` flushes what is left."""
+    """Queues records and writes them in batches; `close()` flushes what is left.
 
-    def __init__(self, engine: AsyncEngine, *, flush_every_s: float = 0.25, max_queue: int = 100_000) -> None:
+    Records are dataclasses whose fields are the table's columns (AuditRecord for the router's table;
+    the connector service writes its own table with the same writer).
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        table: sa.Table = audit_t,
+        flush_every_s: float = 0.25,
+        max_queue: int = 100_000,
+        name: str = "router-audit",
+    ) -> None:
         self.engine = engine
+        self.table = table
+        self.name = name
         self.flush_every_s = flush_every_s
-        self._queue: list[AuditRecord] = []
+        self._queue: list[Any] = []
         self._max_queue = max_queue
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
 
-    def record(self, rec: AuditRecord) -> None:
+    def record(self, rec: Any) -> None:
         """Queues a record (never blocks the call; drops and counts when the database cannot keep up)."""
         if len(self._queue) >= self._max_queue:
             self.dropped += 1
@@ -77,7 +89,7 @@ class AuditLog:
 
     def start(self) -> None:
         """Starts the writer task."""
-        self._task = asyncio.create_task(self._run(), name="router-audit")
+        self._task = asyncio.create_task(self._run(), name=self.name)
 
     async def flush(self) -> None:
         """Writes every queued record now."""
@@ -86,7 +98,9 @@ class AuditLog:
             return
         try:
             async with self.engine.begin() as conn:
-                await conn.execute(sa.insert(audit_t), [{f: getattr(r, f) for f in _FIELDS} for r in batch])
+                await conn.execute(
+                    sa.insert(self.table), [{f.name: getattr(r, f.name) for f in fields(r)} for r in batch]
+                )
         except Exception:
             log.exception("could not write %d audit records", len(batch))
             self._queue[:0] = batch[: self._max_queue - len(self._queue)]

@@ -55,7 +55,8 @@ from servers.common.context import CallContext
 from servers.common.db import create_engine, migrate
 from servers.common.interceptor import ContextInterceptor
 from servers.common.settings import Settings, parse_overrides
-from servers.common.unimplemented import unimplemented_servicer
+from servers.connector import runtime as connector_runtime
+from servers.connector.servicer import ConnectorServicer
 from servers.registry.service import RegistryService, lease_sweeper
 from servers.registry.servicer import RegistryServicer
 from servers.registry.store import RegistryStore
@@ -133,6 +134,7 @@ class Mesh:
     a2a_runner: A2ARunner | None = None
     monitor: HealthMonitor | None = None
     audit: AuditLog | None = None
+    connectors: connector_runtime.ConnectorRuntime | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _engine: object = None
@@ -163,6 +165,8 @@ class Mesh:
                     await task
             if self.audit is not None:
                 await self.audit.close()
+            if self.connectors is not None:
+                await connector_runtime.close(self.connectors)
             if self.a2a_runner is not None:
                 await self.a2a_runner.close()
             if self.agents is not None:
@@ -256,13 +260,16 @@ async def start_mesh(settings: Settings) -> Mesh:
 
     router.caller_guard = admit
     agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(agents), server)
+    connectors = connector_runtime.build(
+        settings,
+        engine,
+        bus,
+        metrics_registry,
+        local_invoke=connector_runtime.router_local_invoke(router),
+        edge_url=f"http://{settings.edge_address}",
+    )
     connector_service_pb2_grpc.add_ConnectorServiceServicer_to_server(
-        unimplemented_servicer(
-            connector_service_pb2_grpc.ConnectorServiceServicer,
-            connector_service_pb2.DESCRIPTOR.services_by_name["ConnectorService"],
-            "it arrives with the connectors work (Coze and n8n)",
-        ),
-        server,
+        ConnectorServicer(connectors.service, connectors.webhooks), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -294,6 +301,7 @@ async def start_mesh(settings: Settings) -> Mesh:
         a2a=a2a_server,
         a2a_runner=a2a_runner,
         audit=audit,
+        connectors=connectors,
     )
     mesh._engine = engine
     audit.start()
@@ -303,6 +311,7 @@ async def start_mesh(settings: Settings) -> Mesh:
         )
     )
     mesh._tasks.append(asyncio.create_task(follower.run(mesh._stop), name="route-snapshot"))
+    mesh._tasks.extend(await connector_runtime.start(connectors, settings, mesh._stop))
     mesh._tasks.append(asyncio.create_task(agents.run_sweeper(mesh._stop), name="agent-sweeper"))
     if settings.redis_url:  # other processes share the bus: follow their agents
         mesh._tasks.append(asyncio.create_task(agents.run_directory_sync(mesh._stop), name="agent-directory"))

@@ -99,7 +99,12 @@ def redis_url() -> str:
 
 def mesh_settings(tmp_path: Path, database_url: str = "", redis_url: str = "", **kw: object) -> Settings:
     """Settings for a test mesh on an ephemeral port."""
-    values: dict[str, object] = {"watch_poll_interval_s": 0.2, "shutdown_grace_s": 0.5, **kw}
+    values: dict[str, object] = {
+        "watch_poll_interval_s": 0.2,
+        "shutdown_grace_s": 0.5,
+        "config_root": tmp_path / "root",  # no connector files unless a test writes them
+        **kw,
+    }
     return Settings(
         grpc_address="127.0.0.1:0",
         data_dir=tmp_path / "data",

@@ -73,6 +73,17 @@ class Settings:
     agent_heartbeat_s: float = 10.0
     agent_run_timeout_s: float = 300.0
     a2a_address: str = ""
+    # Connectors: key-encryption keys of tenant credentials (`kid:base64,…`, first = active; else a key
+    # kept in the data folder), the folder holding `config/` (instance and flag files, reloaded live),
+    # the public URL platforms call back on, breaker knobs, webhook limits, credential expiry warning.
+    connector_keys: str = field(default="", repr=False)
+    config_root: Path = field(default_factory=lambda: Path("."))
+    public_url: str = ""
+    connector_breaker: str = ""
+    connector_webhook_rate: str = "rate=1000,burst=2000"
+    connector_webhook_max_bytes: int = 1024 * 1024
+    connector_credential_warning_s: float = 7 * 86400.0
+    connector_config_poll_s: float = 2.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -114,6 +125,18 @@ class Settings:
             agent_heartbeat_s=_env_float("POWERX_AGENT_HEARTBEAT_S", cls.agent_heartbeat_s),
             agent_run_timeout_s=_env_float("POWERX_AGENT_RUN_TIMEOUT_S", cls.agent_run_timeout_s),
             a2a_address=_env("POWERX_A2A_ADDRESS", ""),
+            connector_keys=_env("POWERX_CONNECTOR_KEYS", ""),
+            config_root=Path(_env("POWERX_CONFIG_ROOT", ".")),
+            public_url=_env("POWERX_PUBLIC_URL", ""),
+            connector_breaker=_env("POWERX_CONNECTOR_BREAKER", ""),
+            connector_webhook_rate=_env("POWERX_CONNECTOR_WEBHOOK_RATE", cls.connector_webhook_rate),
+            connector_webhook_max_bytes=_env_int(
+                "POWERX_CONNECTOR_WEBHOOK_MAX_BYTES", cls.connector_webhook_max_bytes
+            ),
+            connector_credential_warning_s=_env_float(
+                "POWERX_CONNECTOR_CREDENTIAL_WARNING_S", cls.connector_credential_warning_s
+            ),
+            connector_config_poll_s=_env_float("POWERX_CONNECTOR_CONFIG_POLL_S", cls.connector_config_poll_s),
         )
 
     @property
