@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import field_mask_pb2, json_format, struct_pb2
 
 from powerx.common.v1 import common_pb2
 from powerx.connector.v1 import connector_pb2, degrade_pb2, invocation_pb2
@@ -436,6 +436,7 @@ class ConnectorService:
         v = Violations()
         v.check(req.HasField("update_mask") and bool(req.update_mask.paths), "update_mask", "is required")
         validation.check_update_mask(list(req.update_mask.paths), v)
+        validation.check_output_only(req.instance, v, "instance")
         v.text(req.reason, "reason", max_len=_MAX_REASON)
         v.raise_if_any("invalid update")
         async with self._lock(platform, req.instance_id):
@@ -460,6 +461,65 @@ class ConnectorService:
             ctx, tenant, "connector.instance.update", f"{platform}/{req.instance_id}", "OK", fields=paths
         )
         return svc.UpdateConnectorInstanceResponse(instance=await self.view(updated))
+
+    async def redeclare(
+        self,
+        existing: StoredInstance,
+        given: connector_pb2.ConnectorInstance,
+        ctx: CallContext,
+        *,
+        source: str,
+        digest: str,
+    ) -> None:
+        """Applies a changed declaration from a configuration file: its settings as a new version, and
+        its credential (from the environment) as a new credential version."""
+        inst_key = (existing.instance.platform, existing.instance.instance_id)
+        async with self._lock(*inst_key):
+            inst = validation.apply_update_mask(existing.instance, validation.settings_of(given), ["*"])
+            inst.config_version = existing.instance.config_version + 1
+            inst.update_time.CopyFrom(timestamp_ms(self.clock_ms()))
+            updated = StoredInstance(inst, existing.credential_version, source, digest)
+            version = self._version(
+                inst,
+                connector_pb2.CONFIG_CHANGE_TYPE_UPDATE,
+                ctx,
+                f"{source} changed",
+                existing.credential_version,
+            )
+            version.changed_fields.paths.extend(
+                p for p in validation.UPDATABLE_FIELDS if _differs(existing.instance, inst, p)
+            )
+            await self._save(updated, version, expect=existing.instance.config_version)
+            if given.HasField("credential_input") and not creds.is_empty(given.credential_input):
+                await self._store_rotation(
+                    updated, creds.merge(given.credential_input, None), ctx, f"{source} changed"
+                )
+        self.audit(
+            ctx, inst.tenant_id, "connector.instance.redeclare", f"{inst.platform}/{inst.instance_id}", "OK"
+        )
+
+    async def disable_declared(self, existing: StoredInstance, ctx: CallContext) -> None:
+        """Disables an instance whose configuration file no longer declares it (kept, versioned)."""
+        inst_key = (existing.instance.platform, existing.instance.instance_id)
+        async with self._lock(*inst_key):
+            inst = connector_pb2.ConnectorInstance()
+            inst.CopyFrom(existing.instance)
+            inst.enabled = False
+            inst.config_version += 1
+            inst.update_time.CopyFrom(timestamp_ms(self.clock_ms()))
+            version = self._version(
+                inst,
+                connector_pb2.CONFIG_CHANGE_TYPE_UPDATE,
+                ctx,
+                "no longer declared",
+                existing.credential_version,
+            )
+            version.changed_fields.paths.append("enabled")
+            updated = StoredInstance(inst, existing.credential_version, existing.source, existing.digest)
+            await self._save(updated, version, expect=existing.instance.config_version)
+        self.audit(
+            ctx, inst.tenant_id, "connector.instance.disable", f"{inst.platform}/{inst.instance_id}", "OK"
+        )
 
     async def _save(
         self,
@@ -517,17 +577,18 @@ class ConnectorService:
         async with self._lock(platform, req.instance_id):
             stored = await self.instance_of(tenant, platform, req.instance_id)
             view = await self.view(stored)
-            gone = StoredInstance(
-                stored.instance, stored.credential_version, stored.source, stored.digest, deleted=True
+            expect = stored.instance.config_version
+            inst = connector_pb2.ConnectorInstance()
+            inst.CopyFrom(stored.instance)
+            inst.enabled = False
+            inst.config_version = expect + 1
+            inst.update_time.CopyFrom(timestamp_ms(self.clock_ms()))
+            gone = StoredInstance(inst, stored.credential_version, stored.source, stored.digest, deleted=True)
+            version = self._version(
+                inst, connector_pb2.CONFIG_CHANGE_TYPE_UPDATE, ctx, req.reason or "deleted", stored.credential_version
             )
-            gone.instance.enabled = False
-            await self.store.save_instance(
-                gone,
-                self._deleted_version(stored, ctx, req.reason),
-                self.clock_ms(),
-                create=False,
-                expect_version=stored.instance.config_version,
-            )
+            version.changed_fields.paths.append("enabled")
+            await self._save(gone, version, expect=expect)
             await self.store.destroy_credentials(tenant, platform, req.instance_id)
         cancelled = 0
         for row in await self.store.unfinished_invocations(tenant, platform, req.instance_id):
@@ -545,18 +606,6 @@ class ConnectorService:
         )
         await self.bus.publish(CONFIG_TOPIC, f"{platform}/{req.instance_id}".encode())
         return svc.DeleteConnectorInstanceResponse(instance=view, cancelled_invocation_count=cancelled)
-
-    def _deleted_version(
-        self, stored: StoredInstance, ctx: CallContext, reason: str
-    ) -> connector_pb2.ConfigVersion:
-        stored.instance.config_version += 1
-        return self._version(
-            stored.instance,
-            connector_pb2.CONFIG_CHANGE_TYPE_UPDATE,
-            ctx,
-            reason or "deleted",
-            stored.credential_version,
-        )
 
     # ---- credentials ---------------------------------------------------------------------------------
 
@@ -1972,13 +2021,12 @@ def _state_name(state: int) -> str:
 
 
 def _differs(a: connector_pb2.ConnectorInstance, b: connector_pb2.ConnectorInstance, name: str) -> bool:
-    fd = a.DESCRIPTOR.fields_by_name[name]
-    va, vb = getattr(a, name), getattr(b, name)
-    if fd.label == fd.LABEL_REPEATED:
-        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
-            return dict(va) != dict(vb)
-        return list(va) != list(vb)
-    return bool(va != vb)
+    """Whether two instances differ in one field (a field mask copies it the same way for both)."""
+    x, y = connector_pb2.ConnectorInstance(), connector_pb2.ConnectorInstance()
+    mask = field_mask_pb2.FieldMask(paths=[name])
+    mask.MergeMessage(a, x)
+    mask.MergeMessage(b, y)
+    return x != y
 
 
 def invocation_json(inv: invocation_pb2.Invocation) -> dict[str, Any]:
