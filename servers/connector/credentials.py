@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from cozepy import COZE_COM_BASE_URL
+
 from powerx.connector.v1 import connector_pb2
 from servers.common.times import timestamp_ms
 from servers.connector.crypto import KeyRing, Sealed
@@ -216,7 +218,7 @@ class Vault:
         """
         if secret.kind == COZE_JWT:
             token, expire_s = await coze.mint_jwt_token(
-                base_url or coze.DEFAULT_BASE_URL,
+                base_url or COZE_COM_BASE_URL,
                 secret.app_id,
                 secret.public_key_id,
                 secret.private_key_pem,
@@ -226,7 +228,7 @@ class Vault:
         if secret.kind == OAUTH and secret.refresh_token:
             url = (
                 secret.token_url
-                or f"{(base_url or coze.DEFAULT_BASE_URL).rstrip('/')}/api/permission/oauth2/token"
+                or f"{(base_url or COZE_COM_BASE_URL).rstrip('/')}/api/permission/oauth2/token"
             )
             token, refresh, expire_s = await coze.refresh_oauth_token(
                 url, secret.client_id, secret.client_secret, secret.refresh_token

@@ -101,7 +101,10 @@ _DEFAULT_TIMEOUT_S = 30.0
 _POLL_START_S = 0.5
 _POLL_MAX_S = 30.0
 _KEEP_CREDENTIAL_VERSIONS = 5
-_EXPIRED_REASONS = {creds.EXPIRED: "CREDENTIAL_EXPIRED", creds.REJECTED: "CREDENTIAL_REJECTED"}
+_EXPIRED_REASONS: dict[int, str] = {
+    creds.EXPIRED: "CREDENTIAL_EXPIRED",
+    creds.REJECTED: "CREDENTIAL_REJECTED",
+}
 
 LocalInvoke = Callable[[CallContext, str, struct_pb2.Struct, str], Awaitable[struct_pb2.Value]]
 AuditSink = Callable[["AuditEntry"], None]
@@ -471,8 +474,10 @@ class ConnectorService:
         source: str,
         digest: str,
     ) -> None:
-        """Applies a changed declaration from a configuration file: its settings as a new version, and
-        its credential (from the environment) as a new credential version."""
+        """Applies a changed declaration from a configuration file.
+
+        Its settings become a new version, its credential (from the environment) a new credential version.
+        """
         inst_key = (existing.instance.platform, existing.instance.instance_id)
         async with self._lock(*inst_key):
             inst = validation.apply_update_mask(existing.instance, validation.settings_of(given), ["*"])
@@ -585,7 +590,11 @@ class ConnectorService:
             inst.update_time.CopyFrom(timestamp_ms(self.clock_ms()))
             gone = StoredInstance(inst, stored.credential_version, stored.source, stored.digest, deleted=True)
             version = self._version(
-                inst, connector_pb2.CONFIG_CHANGE_TYPE_UPDATE, ctx, req.reason or "deleted", stored.credential_version
+                inst,
+                connector_pb2.CONFIG_CHANGE_TYPE_UPDATE,
+                ctx,
+                req.reason or "deleted",
+                stored.credential_version,
             )
             version.changed_fields.paths.append("enabled")
             await self._save(gone, version, expect=expect)
@@ -1859,10 +1868,10 @@ class ConnectorService:
             aliases.setdefault(wf, []).append(alias)
         out: list[connector_pb2.PlatformWorkflow] = []
         if platform == "coze":
-            for wf, names in sorted(aliases.items()):
+            for wf_id, names in sorted(aliases.items()):
                 out.append(
                     connector_pb2.PlatformWorkflow(
-                        workflow_id=wf, name=names[0], active=True, aliases=sorted(names)
+                        workflow_id=wf_id, name=names[0], active=True, aliases=sorted(names)
                     )
                 )
         else:
@@ -1876,22 +1885,22 @@ class ConnectorService:
             finally:
                 await client.aclose()
             for info in infos:
-                wf = connector_pb2.PlatformWorkflow(
+                found = connector_pb2.PlatformWorkflow(
                     workflow_id=info.workflow_id,
                     name=info.name,
                     active=info.active,
                     webhook_paths=list(info.webhook_paths),
                     tags=list(info.tags),
                 )
-                wf.aliases.extend(
+                found.aliases.extend(
                     sorted(
                         {a for p in info.webhook_paths for a in aliases.get(p, [])}
                         | set(aliases.get(info.workflow_id, []))
                     )
                 )
                 if info.update_time_ms:
-                    wf.update_time.CopyFrom(timestamp_ms(info.update_time_ms))
-                out.append(wf)
+                    found.update_time.CopyFrom(timestamp_ms(info.update_time_ms))
+                out.append(found)
             out.sort(key=lambda w: w.workflow_id)
         after = str(page.after[0]) if page.after else ""
         out = [w for w in out if w.workflow_id > after]
@@ -1910,9 +1919,8 @@ class ConnectorService:
         resp = svc.CheckPlatformHealthResponse()
         cred = await self.credential_of(stored)
         now = self.clock_ms()
-        resp.credential_status = (
-            self.vault.status(cred.info, now) if cred else connector_pb2.CREDENTIAL_STATUS_UNSPECIFIED
-        )  # type: ignore[assignment]
+        status = self.vault.status(cred.info, now) if cred else connector_pb2.CREDENTIAL_STATUS_UNSPECIFIED
+        resp.credential_status = status  # type: ignore[assignment]
         resp.breaker_state = (await self.degrade.state(tenant, platform)).breaker_state
         resp.check_time.CopyFrom(timestamp_ms(now))
         t0 = time.monotonic()
@@ -2009,11 +2017,11 @@ def _no_call() -> PlatformCall:
 
 
 def _status_name(status: int) -> str:
-    return connector_pb2.CredentialStatus.Name(status).removeprefix("CREDENTIAL_STATUS_").lower()  # type: ignore[arg-type]
+    return connector_pb2.CredentialStatus.Name(status).removeprefix("CREDENTIAL_STATUS_").lower()
 
 
 def _task_state_name(state: int) -> str:
-    return degrade_pb2.HumanTaskState.Name(state).removeprefix("HUMAN_TASK_STATE_").lower()  # type: ignore[arg-type]
+    return degrade_pb2.HumanTaskState.Name(state).removeprefix("HUMAN_TASK_STATE_").lower()
 
 
 def _state_name(state: int) -> str:

@@ -681,7 +681,7 @@ class ConnectorStore:
                     created_ms=now_ms,
                 )
             )
-            seq = int(result.inserted_primary_key[0])
+            seq = int(result.inserted_primary_key[0])  # type: ignore[index]
             event.sequence = seq
             await conn.execute(
                 sa.update(callbacks_t)
@@ -721,7 +721,7 @@ class ConnectorStore:
                     updated_ms=now_ms,
                 )
             )
-        return int(result.inserted_primary_key[0])
+        return int(result.inserted_primary_key[0])  # type: ignore[index]
 
     async def claim_outbox(self, item_id: int, now_ms: int, lease_ms: int) -> OutboxItem | None:
         """Takes a pending item for `lease_ms` if it is due and nobody holds it; None otherwise."""

@@ -30,7 +30,6 @@ from sdk import CallInfo, Provider
 from servers.common.db import create_engine
 from servers.connector import guard
 from servers.connector.store import (
-    audit_t,
     callbacks_t,
     credentials_t,
     instances_t,
@@ -46,8 +45,8 @@ from tests.integration.helpers import bad_fields, error_info
 MANAGE = (("x-tenant-id", "t1"), ("x-scopes", "agent.connector.manage"), ("x-principal", "alice"))
 T1 = (("x-tenant-id", "t1"), ("x-principal", "alice"))
 T2_MANAGE = (("x-tenant-id", "t2"), ("x-scopes", "agent.connector.*"), ("x-principal", "bob"))
-HOOK_TOKEN = "tenant-a-token"  # noqa: S105 - the fake n8n's header auth value
-PAT = "pat_good"  # noqa: S105 - the fake Coze's valid token
+HOOK_TOKEN = "tenant-a-token"
+PAT = "pat_good"
 SUCCEEDED = invocation_pb2.INVOCATION_STATE_SUCCEEDED
 FAILED = invocation_pb2.INVOCATION_STATE_FAILED
 RUNNING = invocation_pb2.INVOCATION_STATE_RUNNING
@@ -130,7 +129,7 @@ def n8n_instance(n8n: FakeN8n, **kw: Any) -> connector_pb2.ConnectorInstance:
         enabled=True,
         **kw,
     )
-    inst.credential_input.api_key.token = "n8n_api_key"  # noqa: S105 - the fake's API key
+    inst.credential_input.api_key.token = "n8n_api_key"
     inst.credential_input.secret_headers["X-Mesh-Token"] = HOOK_TOKEN
     inst.credential_input.webhook_secrets.append(n8n.callback_secret)
     return inst
@@ -218,9 +217,12 @@ async def test_instance_lifecycle_keeps_secrets_sealed_and_versions_every_change
     mesh: Mesh, stub: svc_grpc.ConnectorServiceStub, n8n: FakeN8n
 ) -> None:
     created = await create(stub, "n8n", "acme", n8n_instance(n8n))
-    assert created.tenant_id == "t1" and created.platform == "n8n" and created.config_version == 1
+    assert created.tenant_id == "t1"
+    assert created.platform == "n8n"
+    assert created.config_version == 1
     assert created.secret_ref == "secret://tenants/t1/platforms/n8n/instances/acme/credential"
-    assert created.credential.version == 1 and created.credential.webhook_secret_count == 1
+    assert created.credential.version == 1
+    assert created.credential.webhook_secret_count == 1
     assert created.credential.kind == connector_pb2.CREDENTIAL_KIND_API_KEY
     assert created.credential.status == connector_pb2.CREDENTIAL_STATUS_ACTIVE
     assert not created.HasField("credential_input")
@@ -232,7 +234,8 @@ async def test_instance_lifecycle_keeps_secrets_sealed_and_versions_every_change
     async with engine.connect() as conn:
         sealed = (await conn.execute(sa.select(credentials_t.c.sealed))).scalar_one()
     await engine.dispose()
-    assert HOOK_TOKEN.encode() not in sealed and b"n8n_api_key" not in sealed
+    assert HOOK_TOKEN.encode() not in sealed
+    assert b"n8n_api_key" not in sealed
     # Read, list, update (a new version), versions, rollback.
     got = await stub.GetConnectorInstance(
         svc.GetConnectorInstanceRequest(platform="n8n", instance_id="acme"), metadata=T1
@@ -253,7 +256,8 @@ async def test_instance_lifecycle_keeps_secrets_sealed_and_versions_every_change
         ),
         metadata=MANAGE,
     )
-    assert updated.instance.config_version == 2 and updated.instance.timeout.seconds == 5
+    assert updated.instance.config_version == 2
+    assert updated.instance.timeout.seconds == 5
     assert updated.instance.display_name == "acme n8n"  # untouched by the mask
     rotated = await stub.RotateCredential(
         svc.RotateCredentialRequest(
@@ -264,7 +268,8 @@ async def test_instance_lifecycle_keeps_secrets_sealed_and_versions_every_change
         ),
         metadata=MANAGE,
     )
-    assert rotated.credential.version == 2 and rotated.config_version == 3
+    assert rotated.credential.version == 2
+    assert rotated.config_version == 3
     assert rotated.credential.webhook_secret_count == 1  # unset parts keep their stored value
     versions = await stub.ListConfigVersions(
         svc.ListConfigVersionsRequest(platform="n8n", instance_id="acme"), metadata=T1
@@ -278,12 +283,14 @@ async def test_instance_lifecycle_keeps_secrets_sealed_and_versions_every_change
     assert versions.versions[1].changed_fields.paths == ["workflow_ids", "timeout"] or set(
         versions.versions[1].changed_fields.paths
     ) == {"workflow_ids", "timeout"}
-    assert versions.versions[1].actor == "alice" and versions.versions[1].reason == "faster"
+    assert versions.versions[1].actor == "alice"
+    assert versions.versions[1].reason == "faster"
     rolled = await stub.RollbackConfig(
         svc.RollbackConfigRequest(platform="n8n", instance_id="acme", version=1, restore_credential=True),
         metadata=MANAGE,
     )
-    assert rolled.instance.config_version == 4 and not rolled.instance.HasField("timeout")
+    assert rolled.instance.config_version == 4
+    assert not rolled.instance.HasField("timeout")
     assert rolled.version.rollback_of_version == 1
     assert rolled.version.change_type == connector_pb2.CONFIG_CHANGE_TYPE_ROLLBACK
     assert rolled.instance.credential.version == 3  # the old secret, stored again as a new version
@@ -315,7 +322,8 @@ async def test_instance_lifecycle_keeps_secrets_sealed_and_versions_every_change
     async with engine.connect() as conn:
         kept = (await conn.execute(sa.select(credentials_t.c.sealed))).scalars().all()
     await engine.dispose()
-    assert kept and all(s == b"" for s in kept)  # destroyed with the instance
+    assert kept
+    assert all(s == b"" for s in kept)
 
 
 async def test_management_needs_the_permission_and_the_tenant_and_bad_input_writes_nothing(
@@ -351,7 +359,8 @@ async def test_management_needs_the_permission_and_the_tenant_and_bad_input_writ
         await stub.CreateConnectorInstance(
             svc.CreateConnectorInstanceRequest(platform="zapier", instance=n8n_instance(n8n)), metadata=MANAGE
         )
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "platform" in bad_fields(err.value)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "platform" in bad_fields(err.value)
     assert await counts(database_url, mesh) == before
     await create(stub, "n8n", "acme", n8n_instance(n8n))
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -435,15 +444,20 @@ async def test_n8n_invoke_maps_context_and_user_sends_trace_and_key_and_masks_se
         idempotency_key="k-1",
     )
     inv = resp.invocation
-    assert inv.state == SUCCEEDED and inv.attempts == 1 and not resp.replayed
+    assert inv.state == SUCCEEDED
+    assert inv.attempts == 1
+    assert not resp.replayed
     assert py(inv.result) == {"answer": "hello"}
-    assert inv.user_id == "alice" and inv.trace_id == "trace-123"
+    assert inv.user_id == "alice"
+    assert inv.trace_id == "trace-123"
     assert json_format.MessageToDict(inv.context) == {"q": "hello", "customer": {"email": "***"}}
     sent = n8n.requests[-1]
-    assert sent.headers["x-trace-id"] == "trace-123" and sent.headers["idempotency-key"] == "k-1"
+    assert sent.headers["x-trace-id"] == "trace-123"
+    assert sent.headers["idempotency-key"] == "k-1"
     body = sent.body
     assert body["input"] == {"question": "hello", "customer": {"email": "a@b.c"}, "fixed": 1}
-    assert body["user_id"] == "n8n-alice" and body["invocation_id"] == inv.invocation_id
+    assert body["user_id"] == "n8n-alice"
+    assert body["invocation_id"] == inv.invocation_id
     assert body["callback_url"].endswith("/platform/connectors/n8n/webhooks/acme")
     rows = await audit_rows(mesh)
     assert "a@b.c" not in json.dumps(rows, default=str)
@@ -515,11 +529,13 @@ async def test_n8n_failures_are_classified_and_the_empty_200_is_a_failure(
     )
     n8n.webhook("mesh-invoke", mode="fail_before_respond")
     inv = (await invoke(stub, "n8n", "echo")).invocation
-    assert inv.state == FAILED and inv.error.code == "EMPTY_RESPONSE"
+    assert inv.state == FAILED
+    assert inv.error.code == "EMPTY_RESPONSE"
     assert inv.error.error_class == invocation_pb2.ERROR_CLASS_PERMANENT
     n8n.webhook("mesh-invoke", active=False)
     inv = (await invoke(stub, "n8n", "echo")).invocation
-    assert inv.error.code == "WORKFLOW_NOT_FOUND" and "stack" not in inv.error.message.lower()
+    assert inv.error.code == "WORKFLOW_NOT_FOUND"
+    assert "stack" not in inv.error.message.lower()
     n8n.webhook("mesh-invoke")
     n8n.header_auth = ("X-Mesh-Token", "rotated-on-the-platform")
     inv = (await invoke(stub, "n8n", "echo")).invocation
@@ -534,15 +550,18 @@ async def test_coze_sync_async_and_stream(
 ) -> None:
     await create(stub, "coze", "cz", coze_instance(coze))
     inv = (await invoke(stub, "coze", "summarize", context=ctx(text="abc"), trace_id="trace-c")).invocation
-    assert inv.state == SUCCEEDED and py(inv.result) == {"output": {"text": "abc"}}
+    assert inv.state == SUCCEEDED
+    assert py(inv.result) == {"output": {"text": "abc"}}
     assert inv.debug_url
     run = coze.requests_to("/v1/workflow/run")[-1]
-    assert run.headers["x-trace-id"] == "trace-c" and run.headers["authorization"] == f"Bearer {PAT}"
+    assert run.headers["x-trace-id"] == "trace-c"
+    assert run.headers["authorization"] == f"Bearer {PAT}"
     assert run.body["ext"]["user_id"] == "coze-user"
     # Async: RUNNING at once, then polled to the end.
     coze.workflow("7366000000000000001", polls_running=2)
     inv = (await invoke(stub, "coze", "summarize", mode=ASYNC)).invocation
-    assert inv.state == RUNNING and inv.platform_run_id
+    assert inv.state == RUNNING
+    assert inv.platform_run_id
 
     async def done() -> bool:
         got = await stub.GetInvocation(
@@ -561,13 +580,15 @@ async def test_coze_sync_async_and_stream(
         )
     ]
     kinds = [m.WhichOneof("kind") for m in items]
-    assert kinds[-2:] == ["final", "end"] and kinds.count("chunk") >= 1
+    assert kinds[-2:] == ["final", "end"]
+    assert kinds.count("chunk") >= 1
     chunks = [m.chunk for m in items if m.WhichOneof("kind") == "chunk"]
     assert [c.sequence for c in chunks] == list(range(len(chunks)))
     assert all(c.event != "PING" for c in chunks)
     assert items[-2].final.state == SUCCEEDED
     listed = await stub.ListInvocations(svc.ListInvocationsRequest(platform="coze", page_size=2), metadata=T1)
-    assert len(listed.invocations) == 2 and listed.next_page_token
+    assert len(listed.invocations) == 2
+    assert listed.next_page_token
     assert (
         listed.invocations[0].create_time.ToMilliseconds()
         >= listed.invocations[1].create_time.ToMilliseconds()
@@ -591,14 +612,19 @@ async def test_coze_retries_only_retryable_errors_with_backoff(
     await create(stub, "coze", "cz", coze_instance(coze, retry_policy=policy))
     coze.fail_next(coze_error(5000, "internal"), times=2)
     inv = (await invoke(stub, "coze", "summarize")).invocation
-    assert inv.state == SUCCEEDED and inv.attempts == 3
+    assert inv.state == SUCCEEDED
+    assert inv.attempts == 3
     coze.fail_next(coze_error(4200, "workflow not published"))
     inv = (await invoke(stub, "coze", "summarize")).invocation
-    assert inv.state == FAILED and inv.attempts == 1 and inv.error.code == "WORKFLOW_NOT_FOUND"
-    assert inv.error.platform_code == "4200" and inv.error.platform_log_id
+    assert inv.state == FAILED
+    assert inv.attempts == 1
+    assert inv.error.code == "WORKFLOW_NOT_FOUND"
+    assert inv.error.platform_code == "4200"
+    assert inv.error.platform_log_id
     coze.fail_next(coze_error(4020, "rpm exceeded"), times=4)
     inv = (await invoke(stub, "coze", "summarize")).invocation
-    assert inv.state == FAILED and inv.attempts == 4
+    assert inv.state == FAILED
+    assert inv.attempts == 4
     assert inv.error.error_class == invocation_pb2.ERROR_CLASS_THROTTLED
 
 
@@ -614,10 +640,13 @@ async def test_chaos_platform_5xx_and_timeouts_open_the_breaker_which_degrades_t
     runs = sum(coze.runs.values())
     # Three consecutive failures opened the breaker: the switch is HUMAN (no local capability) at once.
     state = (await stub.GetDegradeState(svc.GetDegradeStateRequest(platform="coze"), metadata=T1)).state
-    assert state.mode == degrade_pb2.DEGRADE_MODE_HUMAN and state.automatic
-    assert state.actor == "circuit-breaker" and state.breaker_state == degrade_pb2.BREAKER_STATE_OPEN
+    assert state.mode == degrade_pb2.DEGRADE_MODE_HUMAN
+    assert state.automatic
+    assert state.actor == "circuit-breaker"
+    assert state.breaker_state == degrade_pb2.BREAKER_STATE_OPEN
     inv = (await invoke(stub, "coze", "summarize")).invocation
-    assert inv.state == AWAITING_HUMAN and inv.degrade_mode == degrade_pb2.DEGRADE_MODE_HUMAN
+    assert inv.state == AWAITING_HUMAN
+    assert inv.degrade_mode == degrade_pb2.DEGRADE_MODE_HUMAN
     assert sum(coze.runs.values()) == runs  # not sent to the platform
     metrics = generate_latest(mesh.metrics).decode()
     assert 'agent_platform_degrade_total{automatic="true",mode="human",platform="coze"} 1.0' in metrics
@@ -626,9 +655,8 @@ async def test_chaos_platform_5xx_and_timeouts_open_the_breaker_which_degrades_t
     inv = (await invoke(stub, "coze", "summarize")).invocation
     assert inv.state == SUCCEEDED
     state = (await stub.GetDegradeState(svc.GetDegradeStateRequest(platform="coze"), metadata=T1)).state
-    assert (
-        state.mode == degrade_pb2.DEGRADE_MODE_OFF and state.breaker_state == degrade_pb2.BREAKER_STATE_CLOSED
-    )
+    assert state.mode == degrade_pb2.DEGRADE_MODE_OFF
+    assert state.breaker_state == degrade_pb2.BREAKER_STATE_CLOSED
     history = await stub.ListDegradeHistory(svc.ListDegradeHistoryRequest(platform="coze"), metadata=T1)
     assert [s.mode for s in history.states] == [degrade_pb2.DEGRADE_MODE_OFF, degrade_pb2.DEGRADE_MODE_HUMAN]
 
@@ -668,7 +696,8 @@ async def test_operator_degrade_to_local_runs_the_local_capability_through_the_r
                 metadata=MANAGE,
             )
         ).state
-        assert state.actor == "alice" and state.expire_time.seconds > time.time()
+        assert state.actor == "alice"
+        assert state.expire_time.seconds > time.time()
         inv = (await invoke(stub, "n8n", "echo", context=ctx(q="local?"))).invocation
         assert inv.state == invocation_pb2.INVOCATION_STATE_DEGRADED_LOCAL
         assert py(inv.result) == {"local": {"q": "local?"}}
@@ -678,12 +707,14 @@ async def test_operator_degrade_to_local_runs_the_local_capability_through_the_r
         metadata=MANAGE,
     )
     inv = (await invoke(stub, "n8n", "echo")).invocation
-    assert inv.state == AWAITING_HUMAN and inv.human_task_id
+    assert inv.state == AWAITING_HUMAN
+    assert inv.human_task_id
     tasks = await stub.ListHumanTasks(svc.ListHumanTasksRequest(), metadata=T1)
     assert [t.task_id for t in tasks.tasks] == [inv.human_task_id]
     assert tasks.tasks[0].reason == "manual"
     claimed = await stub.ClaimHumanTask(svc.ClaimHumanTaskRequest(task_id=inv.human_task_id), metadata=T1)
-    assert claimed.task.state == degrade_pb2.HUMAN_TASK_STATE_CLAIMED and claimed.task.assignee == "alice"
+    assert claimed.task.state == degrade_pb2.HUMAN_TASK_STATE_CLAIMED
+    assert claimed.task.assignee == "alice"
     bob = (("x-tenant-id", "t1"), ("x-principal", "bob"))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.ClaimHumanTask(svc.ClaimHumanTaskRequest(task_id=inv.human_task_id), metadata=bob)
@@ -703,7 +734,8 @@ async def test_operator_degrade_to_local_runs_the_local_capability_through_the_r
     done = await stub.CompleteHumanTask(
         svc.CompleteHumanTaskRequest(task_id=inv.human_task_id, answer=answer, note="ok"), metadata=T1
     )
-    assert done.invocation.state == SUCCEEDED and done.invocation.result.string_value == "done by hand"
+    assert done.invocation.state == SUCCEEDED
+    assert done.invocation.result.string_value == "done by hand"
     assert done.task.state == degrade_pb2.HUMAN_TASK_STATE_COMPLETED
     events = [
         m
@@ -716,7 +748,8 @@ async def test_operator_degrade_to_local_runs_the_local_capability_through_the_r
         svc.SetDegradeModeRequest(platform="n8n", mode=degrade_pb2.DEGRADE_MODE_OFF), metadata=MANAGE
     )
     inv = (await invoke(stub, "n8n", "echo")).invocation
-    assert inv.state == SUCCEEDED and n8n.runs["mesh-invoke"] == 1
+    assert inv.state == SUCCEEDED
+    assert n8n.runs["mesh-invoke"] == 1
 
 
 async def test_cancel_stops_an_async_invocation_and_a_late_callback_changes_nothing(
@@ -800,17 +833,22 @@ async def test_webhook_guard_rejects_bad_callbacks_records_nothing_and_completes
     assert 'agent_platform_signature_failure_total{platform="n8n",status="invalid"} 3.0' in metrics
     assert 'agent_platform_signature_failure_total{platform="n8n",status="stale"} 1.0' in metrics
     resp = await webhook(stub, "acme", raw, md)
-    assert resp.invocation_id == inv.invocation_id and not resp.duplicate
+    assert resp.invocation_id == inv.invocation_id
+    assert not resp.duplicate
     got = await stub.GetInvocation(
         svc.GetInvocationRequest(platform="n8n", invocation_id=inv.invocation_id), metadata=T1
     )
-    assert got.invocation.state == SUCCEEDED and py(got.invocation.result) == {"answer": 42}
+    assert got.invocation.state == SUCCEEDED
+    assert py(got.invocation.result) == {"answer": 42}
     again = await webhook(stub, "acme", raw, md)
-    assert again.duplicate and again.callback_id == "msg-1"
+    assert again.duplicate
+    assert again.callback_id == "msg-1"
     events = [m async for m in watch]
-    assert events[0].event.callback_id == "msg-1" and events[0].event.trace_id == "trace-w"
+    assert events[0].event.callback_id == "msg-1"
+    assert events[0].event.trace_id == "trace-w"
     assert events[0].event.signature_status == callback_pb2.SIGNATURE_STATUS_VERIFIED
-    assert events[0].event.invocation_state == SUCCEEDED and events[-1].WhichOneof("kind") == "end"
+    assert events[0].event.invocation_state == SUCCEEDED
+    assert events[-1].WhichOneof("kind") == "end"
     # Resuming after sequence 0 replays the stored event.
     replay = [
         m
@@ -823,7 +861,9 @@ async def test_webhook_guard_rejects_bad_callbacks_records_nothing_and_completes
     assert replay[-1].WhichOneof("kind") == "end"
     rows = await audit_rows(mesh)
     outcomes = [r["outcome"] for r in rows if r["action"] == "connector.webhook"]
-    assert "SIGNATURE_INVALID" in outcomes and "TIMESTAMP_STALE" in outcomes and "REPLAYED" in outcomes
+    assert "SIGNATURE_INVALID" in outcomes
+    assert "TIMESTAMP_STALE" in outcomes
+    assert "REPLAYED" in outcomes
     assert any(r["action"] == "connector.callback" and r["outcome"] == "VERIFIED" for r in rows)
 
 
@@ -893,7 +933,8 @@ async def test_a_failing_callback_is_retried_from_the_outbox_alerts_and_is_proce
         n8n.callback_secret, {"invocation_id": inv.invocation_id, "ok": True, "result": "r"}, "m-out"
     )
     resp = await webhook(stub, "acme", raw, md)
-    assert resp.invocation_id == "" and not resp.duplicate  # accepted durably, processed later
+    assert resp.invocation_id == ""
+    assert not resp.duplicate
     store = mesh.connectors.service.store
     for _ in range(2):  # the outbox retries when due (here forced, instead of waiting for the backoff)
         engine = store.engine
@@ -953,7 +994,7 @@ async def test_chaos_credential_expiry_blocks_calls_and_the_previous_version_tak
     await create(stub, "coze", "cz", inst)
     coze.tokens["pat_short"] = None
     short = connector_pb2.CredentialInput()
-    short.api_key.token = "pat_short"  # noqa: S105 - a fake token
+    short.api_key.token = "pat_short"
     short.api_key.expire_time.CopyFrom(ts(time.time() + 1.0))
     rotated = await stub.RotateCredential(
         svc.RotateCredentialRequest(platform="coze", instance_id="cz", credential_input=short),
@@ -983,7 +1024,8 @@ async def test_chaos_credential_expiry_blocks_calls_and_the_previous_version_tak
     )
     runs = sum(coze.runs.values())
     inv = (await invoke(stub, "coze", "summarize")).invocation
-    assert inv.state == FAILED and inv.error.code == "CREDENTIAL_EXPIRED"
+    assert inv.state == FAILED
+    assert inv.error.code == "CREDENTIAL_EXPIRED"
     assert sum(coze.runs.values()) == runs
 
 
@@ -1083,7 +1125,8 @@ async def test_flags_and_declared_instances_load_from_files_and_reload_without_r
             ]
             # A bad file is rejected with its name, field and reason; the running config stays.
             flags.write_text("flags:\n  - name: agent-platform-connectors\n    rollout_percent: 250\n")
-            assert m.connectors is not None and m.connectors.watcher is not None
+            assert m.connectors is not None
+            assert m.connectors.watcher is not None
 
             async def rejected() -> bool:
                 return "rollout_percent" in m.connectors.watcher.last_error  # type: ignore[union-attr]
@@ -1131,7 +1174,8 @@ async def test_n8n_workflows_and_health_through_its_rest_api(
     health = await stub.CheckPlatformHealth(
         svc.CheckPlatformHealthRequest(platform="n8n", instance_id="acme"), metadata=T1
     )
-    assert health.message == "ok" and health.credential_status == connector_pb2.CREDENTIAL_STATUS_ACTIVE
+    assert health.message == "ok"
+    assert health.credential_status == connector_pb2.CREDENTIAL_STATUS_ACTIVE
     n8n.api_key = "another"
     health = await stub.CheckPlatformHealth(
         svc.CheckPlatformHealthRequest(platform="n8n", instance_id="acme"), metadata=T1
