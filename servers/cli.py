@@ -1,14 +1,21 @@
-"""The `powerx` command: `up` (mesh + Envoy edge), `serve` (gRPC only), `migrate`."""
+"""The `powerx` command: `up` (mesh + Envoy edge), `serve` (gRPC only), `migrate`, `degrade`.
+
+`degrade` is the operator's switch of a platform's connector degradation, set over gRPC on a running mesh.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import getpass
+import json
 import logging
+import re
 import signal
 import sys
 from dataclasses import replace
+from typing import Any
 
 from servers.common import logs
 from servers.common.db import create_engine, current_revision, migrate
@@ -18,6 +25,12 @@ log = logging.getLogger("powerx.cli")
 
 
 DEFAULT_UP_A2A_ADDRESS = "127.0.0.1:8081"
+DEGRADE_MODES = ("local", "human", "off")
+DEGRADE_PLATFORMS = ("coze", "n8n")
+MANAGE_SCOPE = "agent.connector.manage"
+DEGRADE_CALL_TIMEOUT_S = 10.0
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -84,6 +97,142 @@ async def _run(settings: Settings, with_edge: bool) -> int:
     return 0
 
 
+def parse_duration(text: str) -> int:
+    """Seconds of a duration written `30s`, `30m`, `2h` or `1d` (a bare number is seconds).
+
+    Raises:
+        argparse.ArgumentTypeError: The text is not such a duration.
+    """
+    value = text.strip().lower()
+    if value.isdigit():
+        return int(value)
+    match = _DURATION.match(value)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: use a number followed by s, m, h or d (30s, 30m, 2h, 1d)"
+        )
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _client_address(address: str) -> str:
+    """The address to dial for a listen address (a wildcard host means this machine)."""
+    host, _, port = address.rpartition(":")
+    if host in ("", "0.0.0.0", "[::]", "::"):  # noqa: S104 - a listen address, not a bind
+        host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
+def _rpc_error_text(err: Any) -> str:
+    """`CODE: message (reason: R; field: why, …)` of a failed call, from its `google.rpc.Status`."""
+    from google.rpc import error_details_pb2  # noqa: PLC0415
+    from grpc_status import rpc_status  # noqa: PLC0415
+
+    text = f"{err.code().name}: {err.details()}"
+    extra: list[str] = []
+    try:
+        status = rpc_status.from_call(err)
+    except ValueError:
+        status = None
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            extra.insert(0, f"reason: {info.reason}")
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            extra.extend(f"{v.field}: {v.description}" for v in bad.field_violations)
+    return f"{text} ({'; '.join(extra)})" if extra else text
+
+
+async def _degrade(args: argparse.Namespace, address: str) -> int:
+    """Sets (or reads) a platform's degrade switch through a running mesh and prints it as JSON."""
+    import grpc  # noqa: PLC0415  (imported only for this command)
+    from google.protobuf import json_format  # noqa: PLC0415
+
+    from powerx.connector.v1 import connector_service_pb2 as svc  # noqa: PLC0415
+    from powerx.connector.v1 import connector_service_pb2_grpc as svc_grpc  # noqa: PLC0415
+
+    metadata = (
+        ("x-tenant-id", args.tenant),
+        ("x-scopes", MANAGE_SCOPE),
+        ("x-principal", args.principal),
+    )
+    out: dict[str, Any]
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = svc_grpc.ConnectorServiceStub(channel)  # type: ignore[no-untyped-call]
+            if args.history:
+                history = await stub.ListDegradeHistory(
+                    svc.ListDegradeHistoryRequest(platform=args.platform, tenant=args.tenant),
+                    metadata=metadata,
+                    timeout=DEGRADE_CALL_TIMEOUT_S,
+                )
+                out = json_format.MessageToDict(history, preserving_proto_field_name=True)
+            elif args.status:
+                got = await stub.GetDegradeState(
+                    svc.GetDegradeStateRequest(platform=args.platform, tenant=args.tenant),
+                    metadata=metadata,
+                    timeout=DEGRADE_CALL_TIMEOUT_S,
+                )
+                out = json_format.MessageToDict(got.state, preserving_proto_field_name=True)
+            else:
+                req = svc.SetDegradeModeRequest(
+                    platform=args.platform,
+                    tenant=args.tenant,
+                    mode=f"DEGRADE_MODE_{args.mode.upper()}",
+                    reason=args.reason,
+                    local_capability_id=args.capability,
+                )
+                if args.timeout:
+                    req.timeout.FromSeconds(args.timeout)
+                resp = await stub.SetDegradeMode(req, metadata=metadata, timeout=DEGRADE_CALL_TIMEOUT_S)
+                out = json_format.MessageToDict(resp.state, preserving_proto_field_name=True)
+    except grpc.aio.AioRpcError as err:
+        print(f"powerx degrade: {address}: {_rpc_error_text(err)}", file=sys.stderr)
+        return 1
+    print(json.dumps(out, indent=2, ensure_ascii=False, sort_keys=True))
+    return 0
+
+
+def _add_degrade_parser(sub: Any) -> None:
+    degrade = sub.add_parser(
+        "degrade",
+        help="set or show a platform's connector degrade switch on a running mesh",
+        description="Sets the degrade switch of a connector platform for a tenant (LOCAL answers through "
+        "a local capability, HUMAN opens human tasks, OFF recovers) and prints the switch as JSON.",
+    )
+    degrade.add_argument("--platform", required=True, choices=DEGRADE_PLATFORMS, help="coze or n8n")
+    action = degrade.add_mutually_exclusive_group(required=True)
+    action.add_argument("--mode", type=str.lower, choices=DEGRADE_MODES, help="the mode to set")
+    action.add_argument("--status", action="store_true", help="print the current switch instead")
+    action.add_argument("--history", action="store_true", help="print the switch's changes, newest first")
+    degrade.add_argument("--tenant", required=True, help="tenant the switch is for")
+    degrade.add_argument(
+        "--timeout",
+        type=parse_duration,
+        default=0,
+        help="how long the mode holds before it reverts to OFF (30s, 30m, 2h, 1d); default: until changed",
+    )
+    degrade.add_argument("--reason", default="", help="why (kept in the degrade history and audit log)")
+    degrade.add_argument(
+        "--capability", default="", help="router capability answering in LOCAL mode (e.g. local.x)"
+    )
+    degrade.add_argument(
+        "--address", help="the mesh's gRPC address (default: POWERX_GRPC_ADDRESS, else 127.0.0.1:50051)"
+    )
+    degrade.add_argument(
+        "--principal", default="", help="who makes the change (x-principal; default: the login name)"
+    )
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "powerx-cli"
+
+
 async def _migrate(settings: Settings) -> int:
     engine = create_engine(settings.effective_database_url)
     try:
@@ -110,9 +259,16 @@ def main(argv: list[str] | None = None) -> int:
             "--a2a-address", help="A2A listener address (POWERX_A2A_ADDRESS; `up`: 127.0.0.1:8081)"
         )
     sub.add_parser("migrate", help="apply database migrations and exit")
+    _add_degrade_parser(sub)
     args = parser.parse_args(argv)
 
     settings = Settings.from_env()
+    if args.command == "degrade":
+        if not args.mode and (args.timeout or args.capability or args.reason):
+            parser.error("degrade: --timeout, --reason and --capability go with --mode")
+        address = _client_address(args.address or settings.grpc_address)
+        args.principal = args.principal or _login_name()
+        return asyncio.run(_degrade(args, address))
     if args.command == "up" and not settings.a2a_address:
         # The embedded mesh publishes its agents over A2A by default; scaled-out deployments opt in.
         settings = replace(settings, a2a_address=DEFAULT_UP_A2A_ADDRESS)

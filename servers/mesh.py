@@ -280,7 +280,7 @@ async def start_mesh(settings: Settings) -> Mesh:
     if port == 0:
         raise OSError(f"cannot listen on {settings.grpc_address}")
     await server.start()
-    # Every hosted contract reports SERVING: the unbuilt ones answer (UNIMPLEMENTED) as designed.
+    # Every hosted contract reports SERVING.
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     a2a_server = None

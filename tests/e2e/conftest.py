@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +27,21 @@ class Edge:
         return f"127.0.0.1:{self.envoy.listen_port}"
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @pytest.fixture
 async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
-    mesh = await start_mesh(mesh_settings(tmp_path))
+    # The mesh is told the edge's address (the connectors' callback URLs point at it), so Envoy's
+    # port is chosen before the mesh starts rather than by Envoy itself.
+    port = _free_port()
+    mesh = await start_mesh(mesh_settings(tmp_path, edge_address=f"127.0.0.1:{port}"))
     envoy = EnvoyEdge(
         EdgeConfig(
-            listen_port=0,
+            listen_port=port,
             admin_port=0,
             upstreams=(("127.0.0.1", mesh.port),),
             max_request_body_bytes=1024 * 1024,

@@ -1,4 +1,4 @@
-"""The mesh process: health, reflection, unbuilt services, restart persistence, the contract."""
+"""The mesh process: health, reflection, every RPC implemented, restart persistence, the contract."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from powerx.registry.v1 import registry_service_pb2 as rs
 from powerx.registry.v1 import registry_service_pb2_grpc as rs_grpc
 from router.servicer import RouterServicer
 from servers.agent.servicer import AgentServicer
+from servers.connector.servicer import ConnectorServicer
 from servers.mesh import SERVICE_NAMES, Mesh, start_mesh
 from servers.registry.servicer import RegistryServicer
 from tests.conftest import announce_request, mesh_settings, tenant
-from tests.integration.helpers import error_info
 
 DESCRIPTORS = Path(__file__).resolve().parents[2] / "gen" / "descriptors" / "powerx.binpb"
 
@@ -50,29 +50,6 @@ async def test_reflection_lists_every_service(channel: grpc.aio.Channel) -> None
     assert set(SERVICE_NAMES) | {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
 
 
-@pytest.mark.parametrize(
-    ("service", "method", "request_type"),
-    [
-        (
-            "powerx.connector.v1.ConnectorService",
-            "InvokeConnector",
-            "powerx.connector.v1.InvokeConnectorRequest",
-        ),
-    ],
-)
-async def test_unbuilt_services_answer_unimplemented_clearly(
-    channel: grpc.aio.Channel, service: str, method: str, request_type: str
-) -> None:
-    call = channel.unary_unary(
-        f"/{service}/{method}", request_serializer=lambda _: b"", response_deserializer=bytes
-    )
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await call(b"", metadata=tenant())
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "not served yet" in (err.value.details() or "")
-    assert error_info(err.value).reason == "UNIMPLEMENTED"
-
-
 def test_every_registry_rpc_in_the_descriptors_is_implemented() -> None:
     fds = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTORS.read_bytes())
     methods = {
@@ -84,7 +61,12 @@ def test_every_registry_rpc_in_the_descriptors_is_implemented() -> None:
 
 
 @pytest.mark.parametrize(
-    ("package", "servicer"), [("powerx.agent.v1", AgentServicer), ("powerx.router.v1", RouterServicer)]
+    ("package", "servicer"),
+    [
+        ("powerx.agent.v1", AgentServicer),
+        ("powerx.router.v1", RouterServicer),
+        ("powerx.connector.v1", ConnectorServicer),
+    ],
 )
 def test_every_rpc_of_the_built_services_is_implemented(package: str, servicer: type) -> None:
     fds = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTORS.read_bytes())
