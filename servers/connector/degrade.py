@@ -54,6 +54,7 @@ class DegradeControl:
         self._cache: dict[tuple[str, str], tuple[int, degrade_pb2.DegradeState]] = {}
         self._breakers: dict[tuple[str, str], Breaker] = {}
         self._lock = asyncio.Lock()
+        self._alerted: set[tuple[str, str, int]] = set()  # long-held switches alerted once each
 
     # ---- reading ------------------------------------------------------------------------------------
 
@@ -212,7 +213,10 @@ class DegradeControl:
                     actor="system",
                     automatic=False,
                 )
-            elif now - state.set_time.ToMilliseconds() > 30 * 60_000:
+            elif now - state.set_time.ToMilliseconds() > 30 * 60_000 and (
+                (state.tenant_id, state.platform, state.set_time.ToMilliseconds()) not in self._alerted
+            ):
+                self._alerted.add((state.tenant_id, state.platform, state.set_time.ToMilliseconds()))
                 log.error(
                     "platform %s of tenant %s has been degraded for more than 30 minutes",
                     state.platform,
@@ -232,7 +236,7 @@ class DegradeControl:
 
     def degraded_counts(self) -> dict[str, int]:
         """Degraded tenants per platform as cached here (for the gauge)."""
-        counts: dict[str, int] = {}
+        counts: dict[str, int] = {"coze": 0, "n8n": 0}  # zero when recovered, not a stale count
         for (_, platform), (_, state) in self._cache.items():
             if state.mode != OFF:
                 counts[platform] = counts.get(platform, 0) + 1

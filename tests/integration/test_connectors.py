@@ -324,6 +324,11 @@ async def test_instance_lifecycle_keeps_secrets_sealed_and_versions_every_change
     await engine.dispose()
     assert kept
     assert all(s == b"" for s in kept)
+    # The id can be used again; versions continue after the deleted instance's (kept for audit).
+    again = await create(stub, "n8n", "acme", n8n_instance(n8n))
+    assert again.config_version == 6
+    assert again.credential.version == 4
+    assert (await invoke(stub, "n8n", "echo")).invocation.state == SUCCEEDED
 
 
 async def test_management_needs_the_permission_and_the_tenant_and_bad_input_writes_nothing(
@@ -975,7 +980,9 @@ async def test_replays_are_dropped_across_two_mesh_processes(
             n8n.webhook("mesh-invoke", mode="on_received", callback_delay_s=60)
             await create(s1, "n8n", "acme", n8n_instance(n8n))
             inv = (await invoke(s1, "n8n", "echo", mode=ASYNC)).invocation
-            raw, md = signed(n8n.callback_secret, {"invocation_id": inv.invocation_id, "ok": True}, "twice")
+            # A fresh id: Redis outlives test runs, and its memory is exactly what is being tested.
+            msg_id = f"twice-{time.time_ns()}"
+            raw, md = signed(n8n.callback_secret, {"invocation_id": inv.invocation_id, "ok": True}, msg_id)
             answers = await asyncio.gather(webhook(s1, "acme", raw, md), webhook(s2, "acme", raw, md))
             assert sorted(a.duplicate for a in answers) == [False, True]
             assert len(await first.connectors.service.store.callbacks_after("t1", "n8n", "", 0, 10)) == 1  # type: ignore[union-attr]

@@ -305,7 +305,7 @@ async def test_grpc_invoke_passes_arguments_and_call_context(stub: Any) -> None:
     assert result["attempt"] == 2
     assert result["version"] == "1.0.0"
     assert result["custom"] == "yes"
-    assert 3 < result["time_remaining"] <= 5
+    assert 3 < result["time_remaining"] <= 5.05  # a relative timeout on the wire: allow clock slack
 
 
 async def test_grpc_context_wins_over_metadata_and_missing_deadline_is_none(stub: Any) -> None:

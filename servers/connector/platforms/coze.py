@@ -36,6 +36,7 @@ import base64
 import contextlib
 import contextvars
 import dataclasses
+import importlib
 import json
 import secrets
 import time
@@ -65,9 +66,12 @@ from servers.connector.platforms.base import (
     transport_failure,
 )
 
-# cozepy imports `authlib.jose`, which warns on import; that module is only used by the SDK's JWT apps,
-# which this module does not use, so the warning would only be noise in every process's log.
+# cozepy imports `authlib.jose`, which warns on import; only the SDK's OAuth apps use it, and this module
+# does not, so the warning would be noise in every process's log. Loading `authlib.deprecate` installs an
+# "always" filter for its warnings in front of any other, so it is loaded first and then overruled; the
+# filters (authlib's included) are restored when the block ends.
 with warnings.catch_warnings():
+    importlib.import_module("authlib.deprecate")
     warnings.simplefilter("ignore", DeprecationWarning)
     from cozepy import AsyncCoze, AsyncHTTPClient, AsyncTokenAuth, CozeAPIError, CozeError
     from cozepy.exception import CozeInvalidEventError, CozePKCEAuthError
