@@ -45,7 +45,7 @@ from servers.connector import credentials as creds
 from servers.connector import templates, validation
 from servers.connector.breaker import FAILURE, IGNORED, SUCCESS
 from servers.connector.credentials import Secret, Vault
-from servers.connector.crypto import Sealed
+from servers.connector.crypto import CredentialDecryptError, Sealed
 from servers.connector.degrade import CLOSED, HUMAN, LOCAL, OFF, OPEN, DegradeControl
 from servers.connector.flags import CONNECTORS_FLAG, FlagSet
 from servers.connector.metrics import ConnectorMetrics
@@ -1118,8 +1118,15 @@ class ConnectorService:
         capability = state.local_capability_id or inst.local_capability_id
         if state.mode in (LOCAL, HUMAN) and not state.automatic:
             return int(state.mode), capability, state.reason or "degraded by an operator"
-        if state.automatic and state.mode != OFF and breaker.state == CLOSED and state.breaker_state == OPEN:
-            # Another process opened its breaker: follow its switch until it recovers.
+        if (
+            state.automatic
+            and state.mode != OFF
+            and breaker.state == CLOSED
+            and state.breaker_state == OPEN
+            and self.clock_ms() - state.set_time.ToMilliseconds() < self.degrade.breaker_config.open_s * 1000
+        ):
+            # Another process opened its breaker: follow its switch for its open period. After that this
+            # process probes too, so a switch whose process went away cannot hold forever.
             return (LOCAL if capability else HUMAN), capability, state.reason
         if not breaker.allow():
             return (
@@ -1326,6 +1333,11 @@ class ConnectorService:
         if after != before:
             await self.degrade.on_breaker_change(
                 inst.tenant_id, inst.platform, after, breaker.reason, self._fallback(inst)
+            )
+        elif outcome == SUCCESS and after == CLOSED:
+            # A probe past another process's automatic switch succeeded: recover it.
+            await self.degrade.on_breaker_change(
+                inst.tenant_id, inst.platform, CLOSED, "", self._fallback(inst)
             )
 
     async def _start_async(self, p: Prepared) -> invocation_pb2.Invocation:
@@ -1998,12 +2010,23 @@ class ConnectorService:
         """Re-wraps sealed credentials under the active key, refreshes due tokens, alerts on expiry."""
         now = self.clock_ms()
         for cred in await self.store.live_credentials():
-            if cred.sealed and self.vault.keyring.needs_rewrap(_sealed(cred)):
-                # Every kept version, not only the current one: rollback and fallback need them too.
-                cred.sealed = self.vault.keyring.rewrap(_sealed(cred)).to_json().encode()
-                cred.key_id = self.vault.keyring.active_key_id
-                cred.info.key_id = cred.key_id
-                await self.store.update_credential(cred)
+            try:
+                if cred.sealed and self.vault.keyring.needs_rewrap(_sealed(cred)):
+                    # Every kept version, not only the current one: rollback and fallback need them too.
+                    cred.sealed = self.vault.keyring.rewrap(_sealed(cred)).to_json().encode()
+                    cred.key_id = self.vault.keyring.active_key_id
+                    cred.info.key_id = cred.key_id
+                    await self.store.update_credential(cred)
+            except CredentialDecryptError:
+                log.error(  # noqa: TRY400 - no stack: the key ring lacks this version's key
+                    "credential %s of %s/%s cannot be re-wrapped: its key %s is not configured",
+                    cred.version,
+                    cred.platform,
+                    cred.instance_id,
+                    cred.key_id,
+                    extra={"tenant": cred.tenant_id, "alert": "platform.credential.key_missing"},
+                )
+                continue
             stored = await self.store.instance(cred.platform, cred.instance_id)
             if stored is None or stored.deleted or stored.credential_version != cred.version:
                 continue
