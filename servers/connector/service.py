@@ -8,6 +8,7 @@ refreshing credentials in `credentials.py`, the platforms behind `platforms.base
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
@@ -101,6 +102,7 @@ _DEFAULT_TIMEOUT_S = 30.0
 _POLL_START_S = 0.5
 _POLL_MAX_S = 30.0
 _KEEP_CREDENTIAL_VERSIONS = 5
+_MAX_CLIENTS = 256
 _EXPIRED_REASONS: dict[int, str] = {
     creds.EXPIRED: "CREDENTIAL_EXPIRED",
     creds.REJECTED: "CREDENTIAL_REJECTED",
@@ -226,6 +228,9 @@ class ConnectorService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._streamed: dict[str, int] = {}
+        self._clients: collections.OrderedDict[tuple[str, str, str, str], PlatformClient] = (
+            collections.OrderedDict()
+        )
 
     # ---- helpers -------------------------------------------------------------------------------------
 
@@ -248,6 +253,10 @@ class ConnectorService:
 
     async def close(self) -> None:
         """Cancels background work of this process (polls and callbacks resume from the database)."""
+        clients, self._clients = list(self._clients.values()), collections.OrderedDict()
+        for client in clients:
+            with contextlib.suppress(Exception):
+                await client.aclose()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -1140,13 +1149,27 @@ class ConnectorService:
         return LOCAL if inst.local_capability_id else HUMAN
 
     async def _client(self, p: Prepared, secret: Secret) -> PlatformClient:
+        """A client for the instance and secret, kept for reuse.
+
+        Building one (an HTTP client with its TLS context) costs more CPU than the call itself. A rotated
+        secret gets a new client; the least recently used ones are closed beyond `_MAX_CLIENTS`.
+        """
         inst = p.stored.instance
-        return self.client_factory(
-            inst.platform,
-            inst.base_url,
-            Credentials(token=secret.token, secret_headers=dict(secret.secret_headers)),
-            p.timeout_s,
-        )
+        material = json.dumps([secret.token, sorted(secret.secret_headers.items())]).encode()
+        key = (inst.platform, inst.instance_id, inst.base_url, hashlib.sha256(material).hexdigest())
+        client = self._clients.pop(key, None)
+        if client is None:
+            client = self.client_factory(
+                inst.platform,
+                inst.base_url,
+                Credentials(token=secret.token, secret_headers=dict(secret.secret_headers)),
+                p.timeout_s,
+            )
+        self._clients[key] = client  # most recently used last
+        while len(self._clients) > _MAX_CLIENTS:
+            _, oldest = self._clients.popitem(last=False)
+            self._spawn(oldest.aclose(), "close-platform-client")
+        return client
 
     async def _usable_secret(
         self, p: Prepared, *, force_refresh: bool = False
@@ -1274,8 +1297,6 @@ class ConnectorService:
                 )
             except PlatformFailure as err:
                 failure = err
-            finally:
-                await client.aclose()
             latency = time.monotonic() - t0
             if result is not None:
                 await self._breaker_record(breaker, inst, SUCCESS, latency)
@@ -1370,8 +1391,6 @@ class ConnectorService:
                 breaker, inst, FAILURE if failure.counts_for_breaker else IGNORED, time.monotonic() - t0
             )
             return await self._finish(p, FAILED, error=failure)
-        finally:
-            await client.aclose()
         await self._breaker_record(breaker, inst, SUCCESS, time.monotonic() - t0)
         inv.state = RUNNING
         inv.platform_run_id = run_id
@@ -1416,10 +1435,7 @@ class ConnectorService:
         try:
             secret, _ = await self._usable_secret(p)
             client = await self._client(p, secret)
-            try:
-                result = await client.poll(inv.platform_workflow_id, inv.platform_run_id)
-            finally:
-                await client.aclose()
+            result = await client.poll(inv.platform_workflow_id, inv.platform_run_id)
         except _Blocked as blocked:
             await self._finish(p, FAILED, error=PlatformFailure(blocked.reason, AUTH, blocked.message))
             return True
@@ -1929,8 +1945,6 @@ class ConnectorService:
                 raise FailedPrecondition(
                     f"the platform refused the listing: {failure.code}", reason=failure.code
                 ) from None
-            finally:
-                await client.aclose()
             for info in infos:
                 found = connector_pb2.PlatformWorkflow(
                     workflow_id=info.workflow_id,
@@ -1973,10 +1987,7 @@ class ConnectorService:
         t0 = time.monotonic()
         try:
             client = await self._probe_client(stored)
-            try:
-                await client.check()
-            finally:
-                await client.aclose()
+            await client.check()
         except FailedPrecondition as err:
             resp.health = common_pb2.HEALTH_STATE_UNREACHABLE
             resp.message = err.message

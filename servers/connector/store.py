@@ -705,8 +705,10 @@ class ConnectorStore:
             rows = (await conn.execute(q.order_by(callbacks_t.c.sequence).limit(limit))).all()
         return [callback_pb2.CallbackEvent.FromString(r.payload) for r in rows]
 
-    async def add_outbox(self, tenant_id: str, kind: str, payload: bytes, now_ms: int) -> int:
-        """Queues a callback for processing; returns its id."""
+    async def add_outbox(
+        self, tenant_id: str, kind: str, payload: bytes, now_ms: int, *, claimed_until_ms: int = 0
+    ) -> int:
+        """Queues a callback for processing (already claimed until `claimed_until_ms` when given)."""
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 sa.insert(outbox_t).values(
@@ -714,8 +716,8 @@ class ConnectorStore:
                     kind=kind,
                     payload=payload,
                     state="pending",
-                    attempts=0,
-                    next_attempt_ms=now_ms,
+                    attempts=1 if claimed_until_ms else 0,
+                    next_attempt_ms=claimed_until_ms or now_ms,
                     last_error="",
                     created_ms=now_ms,
                     updated_ms=now_ms,

@@ -47,7 +47,7 @@ from servers.connector.service import (
     _rule,
     check_platform,
 )
-from servers.connector.store import TERMINAL_STATES, StoredInstance
+from servers.connector.store import TERMINAL_STATES, OutboxItem, StoredInstance
 from servers.registry.service import require_tenant
 
 log = logging.getLogger("powerx.connector.webhooks")
@@ -229,8 +229,12 @@ class WebhookIntake:
             "body": payload,
         }
         try:
+            payload = json.dumps(record).encode()
+            # Stored already claimed by this request (attempt 1, due after the lease), so the sweeper
+            # of another process leaves it to the inline processing below unless this process dies.
+            now = self.service.clock_ms()
             item_id = await self.store.add_outbox(
-                tenant, "callback", json.dumps(record).encode(), self.service.clock_ms()
+                tenant, "callback", payload, now, claimed_until_ms=now + _LEASE_MS
             )
         except Exception:
             await self.replay.forget(key)
@@ -239,7 +243,7 @@ class WebhookIntake:
                 "the webhook could not be recorded; retry it", reason="STORE_UNAVAILABLE"
             ) from None
         self.metrics.callbacks.labels(platform, "verified").inc()
-        invocation_id = await self.process(item_id)
+        invocation_id = await self._run(OutboxItem(item_id, tenant, "callback", payload, 1))
         return svc.ReceiveWebhookResponse(callback_id=verdict.webhook_id, invocation_id=invocation_id or "")
 
     async def _secrets(self, stored: StoredInstance) -> tuple[list[str], list[str]]:
@@ -278,6 +282,10 @@ class WebhookIntake:
         item = await self.store.claim_outbox(item_id, now, _LEASE_MS)
         if item is None:
             return None
+        return await self._run(item)
+
+    async def _run(self, item: OutboxItem) -> str | None:
+        """Processes a claimed outbox item: done, or scheduled for a retry."""
         record = json.loads(item.payload)
         try:
             invocation_id = await self._apply(item.tenant_id, record)

@@ -26,10 +26,12 @@ from google.protobuf import __version__ as protobuf_version
 from tests.bench import (
     bench_agent_heartbeats,
     bench_agent_stream,
+    bench_connector_invoke,
     bench_invoke_overhead,
     bench_resolve_direct,
     bench_route_decision,
     bench_stream,
+    bench_webhooks,
 )
 from tests.bench.common import Cluster, fmt, loadavg, stop_all_children
 
@@ -39,10 +41,13 @@ WITH_CLUSTER = {
     bench_resolve_direct.NAME: bench_resolve_direct,
     bench_stream.NAME: bench_stream,
 }
-# Benchmarks that start processes of their own (a mesh with 10,000 agents, an agent, a subscriber).
+# Benchmarks that start processes of their own (a mesh with 10,000 agents, an agent, a subscriber;
+# `powerx up` with its Envoy edge and a fake n8n for the connector benchmarks).
 OWN_PROCESSES = {
     bench_agent_heartbeats.NAME: bench_agent_heartbeats,
     bench_agent_stream.NAME: bench_agent_stream,
+    bench_webhooks.NAME: bench_webhooks,
+    bench_connector_invoke.NAME: bench_connector_invoke,
 }
 ALL = [*IN_PROCESS, *WITH_CLUSTER, *OWN_PROCESSES]
 
@@ -174,6 +179,40 @@ def _summary(results: dict[str, Any]) -> None:
                 "-",
             )
         )
+    if r := results.get("webhooks"):
+        rows.append(
+            (
+                "webhooks verified webhooks/s via Envoy (10 % replays)",
+                f"{fmt(r['rate'])} (best {fmt(r['rate_best'])}; {fmt(r['new_rate'])} new/s; bare server "
+                f"{fmt(r['bare_rate'])}, {r['ratio']:.2f}x; p50/p99 {fmt(r['p50_ms'])}/"
+                f"{fmt(r['p99_ms'])} ms)",
+                ">= 500/s",
+                _verdict(r["rate"] >= 500),
+            )
+        )
+        rows.append(
+            (
+                "webhooks duplicates processed",
+                f"{r['events']:,} events for {r['distinct_ids']:,} ids; {r['replays_acknowledged']:,} of "
+                f"{r['replays_sent']:,} replays acknowledged",
+                "0",
+                _verdict(r["zero_duplicates"]),
+            )
+        )
+    if r := results.get("connector_invoke"):
+        for mode, v in r.items():
+            if not isinstance(v, dict):
+                continue
+            rows.append(
+                (
+                    f"connector_invoke {mode} mesh/direct calls/s",
+                    f"gRPC {v['grpc_ratio']:.2f}x, REST {v['rest_ratio']:.2f}x ({fmt(v['grpc_rate'])}, "
+                    f"{fmt(v['rest_rate'])} vs {fmt(v['direct_rate'])}); mesh CPU "
+                    f"{fmt(v['mesh_cpu_ms'])} ms/call",
+                    "-",
+                    "-",
+                )
+            )
     for name, value, target, verdict in rows:
         print(f"  {name:<54} {value:<62} target {target:<9} {verdict}")
     print(f"  (load average at the end: {loadavg()})")
