@@ -13,12 +13,9 @@ starlette, header auth `X-Mesh-Token: tenant-a-token`) on a free port of 127.0.0
 body and answers a fixed small JSON object, doing nothing else. It is the webhook benchmark's baseline
 (the cost of one HTTP/1.1 request/response on this machine with this server stack).
 
-TCP_NODELAY: `tests.fakes.coze.LocalServer` binds its listening socket with `socket.socket()`, whose
-protocol number is 0, and asyncio sets TCP_NODELAY only on sockets whose protocol is IPPROTO_TCP; so the
-fakes' connections keep Nagle's algorithm on, and every answer after the first on a keep-alive connection
-waits about 40 ms for the client's delayed ACK (uvicorn writes the head and the body separately). Real n8n
-(Node.js) sets TCP_NODELAY. This runner therefore binds with `IPPROTO_TCP` (by swapping the `socket` module
-`LocalServer.start` uses while it starts); `--as-is` serves exactly as `LocalServer` does, to see the stall.
+TCP_NODELAY: `tests.fakes.coze.LocalServer` binds its socket with protocol IPPROTO_TCP, so asyncio turns
+Nagle's algorithm off (as real n8n on Node.js does); without that every keep-alive answer after the first
+waited about 40 ms for the client's delayed ACK.
 
 The port is always a free one (`LocalServer` binds port 0); the ready line carries the base URL:
 `{"ready": true, "pid": …, "base_url": "http://127.0.0.1:PORT"}`. Then it answers JSON commands on
@@ -34,9 +31,7 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
-import unittest.mock
 from typing import Any
 
 from starlette.applications import Starlette
@@ -45,24 +40,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.bench.agent_common import rss_kib, self_cpu, serve_commands
-from tests.fakes import coze
 from tests.fakes.coze import LocalServer
 from tests.fakes.n8n import FAIL_BEFORE_RESPOND, RESPOND, FakeN8n
 
 SYNC_PATH = "mesh-invoke"
 ASYNC_PATH = "mesh-async"
 AUTH = ("X-Mesh-Token", "tenant-a-token")
-
-
-class _TcpSocketModule:
-    """What `LocalServer.start` takes from the `socket` module, with sockets created as IPPROTO_TCP."""
-
-    SOL_SOCKET = socket.SOL_SOCKET
-    SO_REUSEADDR = socket.SO_REUSEADDR
-
-    @staticmethod
-    def socket() -> socket.socket:
-        return socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
 
 
 class _Bare:
@@ -78,7 +61,7 @@ class _Bare:
         return JSONResponse({"callbackId": "msg", "invocationId": "inv"})
 
 
-async def _serve(kind: str, as_is: bool) -> None:
+async def _serve(kind: str) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -112,14 +95,10 @@ async def _serve(kind: str, as_is: bool) -> None:
         reset()
         return {"ok": True}
 
-    if as_is:
-        await server.start()
-    else:
-        with unittest.mock.patch.object(coze, "socket", _TcpSocketModule):
-            await server.start()
+    await server.start()
     try:
         handlers = {"stats": on_stats, "reset": on_reset}
-        ready = {"base_url": server.base_url, "kind": kind, "nodelay": not as_is}
+        ready = {"base_url": server.base_url, "kind": kind}
         commands = asyncio.ensure_future(serve_commands(ready, handlers))
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait({commands, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -132,10 +111,9 @@ async def _serve(kind: str, as_is: bool) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.fake_platform_runner")
     parser.add_argument("--kind", choices=("n8n", "bare"), default="n8n")
-    parser.add_argument("--as-is", action="store_true", help="keep LocalServer's socket (no TCP_NODELAY)")
     opts = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(opts.kind, opts.as_is))
+        asyncio.run(_serve(opts.kind))
     return 0
 
 

@@ -65,9 +65,9 @@ class LocalServer:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        # An explicit TCP socket: asyncio turns Nagle off only on sockets it knows are TCP, and with it on
+        # Protocol IPPROTO_TCP: asyncio turns Nagle off only on sockets whose protocol says TCP; with it on
         # every keep-alive response after the first waits for the peer's delayed ACK (~40 ms).
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         sock.listen(128)
