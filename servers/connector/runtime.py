@@ -182,7 +182,6 @@ def build(
     holder: dict[str, ConnectorRuntime] = {}
     config = ConnectorConfig(
         public_base_url=settings.public_url or edge_url,
-        credential_warning_s=settings.connector_credential_warning_s,
         max_body_bytes=settings.connector_webhook_max_bytes,
         webhook_rate=QuotaRule.parse(settings.connector_webhook_rate, "POWERX_CONNECTOR_WEBHOOK_RATE"),
     )

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.protobuf import field_mask_pb2, json_format, struct_pb2
+from google.protobuf import field_mask_pb2, struct_pb2
 
 from powerx.common.v1 import common_pb2
 from powerx.connector.v1 import connector_pb2, degrade_pb2, invocation_pb2
@@ -131,8 +131,6 @@ class ConnectorConfig:
     """Knobs of the connector service (from Settings)."""
 
     public_base_url: str = ""  # edge URL platforms call back on; empty → relative webhook path
-    credential_warning_s: float = 7 * 86400.0
-    refresh_margin_s: float = 300.0
     max_body_bytes: int = 1024 * 1024
     webhook_rate: QuotaRule = field(
         default_factory=lambda: QuotaRule.parse("rate=1000,burst=2000", "webhook")
@@ -182,15 +180,24 @@ def new_id(prefix: str) -> str:
 
 @dataclass
 class Prepared:
-    """An accepted invocation, ready to run."""
+    """An accepted invocation, ready to run (or, resumed, ready to be finished)."""
 
     stored: StoredInstance
     invocation: invocation_pb2.Invocation
     call: PlatformCall
-    context: dict[str, Any]
     sensitive: list[str]
     timeout_s: float
     ctx: CallContext
+
+    @classmethod
+    def resume(
+        cls, stored: StoredInstance, inv: invocation_pb2.Invocation, ctx: CallContext, timeout_s: float = 0.0
+    ) -> Prepared:
+        """An invocation picked up again: a poll, a callback, a human answer, a probe.
+
+        No platform call is prepared; the instance's sensitive fields mask what is stored.
+        """
+        return cls(stored, inv, _no_call(), list(stored.instance.sensitive_fields), timeout_s, ctx)
 
 
 class ConnectorService:
@@ -1020,9 +1027,7 @@ class ConnectorService:
                     invocation_id=existing.invocation.invocation_id,
                     workflow_id=workflow_id,
                 )
-                return Prepared(
-                    stored, existing.invocation, _no_call(), {}, sensitive, effective_timeout, ctx
-                ), existing
+                return Prepared.resume(stored, existing.invocation, ctx, effective_timeout), existing
         else:
             await self.store.insert_invocation(row, now)
         self._finished[inv.invocation_id] = asyncio.Event()
@@ -1048,7 +1053,7 @@ class ConnectorService:
             mode=invocation_pb2.InvocationMode.Name(mode),
             context=templates.mask(context_dict, sensitive),
         )
-        return Prepared(stored, inv, call, context_dict, sensitive, effective_timeout, ctx), None
+        return Prepared(stored, inv, call, sensitive, effective_timeout, ctx), None
 
     def _callback_url(self, platform: str, instance_id: str) -> str:
         return (
@@ -1179,7 +1184,6 @@ class ConnectorService:
         The current version (refreshed when due), or the previous one when the current cannot be used
         and the instance allows it; else the call is blocked.
         """
-        inst = p.stored.instance
         current = await self.credential_of(p.stored)
         if current is None or current.destroyed:
             return Secret(), None
@@ -1192,21 +1196,31 @@ class ConnectorService:
         if status in (creds.EXPIRED, creds.REJECTED) or (
             status == creds.REFRESH_FAILED and secret.expire_ms and now >= secret.expire_ms
         ):
-            previous = current.info.previous_version
-            if inst.allow_previous_credential and previous:
-                old = await self.credential_of(p.stored, previous)
-                if (
-                    old is not None
-                    and not old.destroyed
-                    and self.vault.status(old.info, now) in (creds.ACTIVE, creds.EXPIRING)
-                ):
-                    return self._open(old), old
+            old = await self.usable_previous(p.stored, current)
+            if old is not None:
+                return self._open(old), old
             reason = _EXPIRED_REASONS.get(status, "CREDENTIAL_EXPIRED")
             raise _Blocked(
                 reason,
                 f"the instance's credential is {_status_name(status)}: rotate it",
             )
         return secret, current
+
+    async def usable_previous(
+        self, stored: StoredInstance, current: StoredCredential
+    ) -> StoredCredential | None:
+        """The version before `current`, when the instance allows falling back to it and it is valid.
+
+        Used for calls whose current credential failed, and for webhook secrets.
+        """
+        previous = current.info.previous_version
+        if not (stored.instance.allow_previous_credential and previous):
+            return None
+        old = await self.credential_of(stored, previous)
+        usable = (creds.ACTIVE, creds.EXPIRING)
+        if old is None or old.destroyed or self.vault.status(old.info, self.clock_ms()) not in usable:
+            return None
+        return old
 
     async def _refresh(self, stored: StoredInstance, cred: StoredCredential, secret: Secret) -> Secret | None:
         """Refreshes a token now and stores it as a new credential version (once per instance at a time)."""
@@ -1423,14 +1437,11 @@ class ConnectorService:
         stored = await self.store.instance(inv.platform, inv.instance_id)
         if stored is None or stored.deleted:
             return True
-        p = Prepared(
+        p = Prepared.resume(
             stored,
             inv,
-            _no_call(),
-            {},
-            list(stored.instance.sensitive_fields),
-            seconds_of(stored.instance.timeout) or _DEFAULT_TIMEOUT_S,
             CallContext(tenant_id=inv.tenant_id, principal="system"),
+            seconds_of(stored.instance.timeout) or _DEFAULT_TIMEOUT_S,
         )
         try:
             secret, _ = await self._usable_secret(p)
@@ -1848,15 +1859,8 @@ class ConnectorService:
         row = await self.store.invocation(task.invocation_id)
         assert row is not None
         stored = await self.store.instance(task.platform, task.instance_id)
-        sensitive = list(stored.instance.sensitive_fields) if stored else []
-        p = Prepared(
-            stored or StoredInstance(connector_pb2.ConnectorInstance(), 0, "", ""),
-            row.invocation,
-            _no_call(),
-            {},
-            sensitive,
-            0,
-            ctx,
+        p = Prepared.resume(
+            stored or StoredInstance(connector_pb2.ConnectorInstance(), 0, "", ""), row.invocation, ctx
         )
         inv = await self._finish(
             p, SUCCEEDED, result=PlatformResult(output=templates.value_to_py(req.answer))
@@ -1901,14 +1905,8 @@ class ConnectorService:
         return resp
 
     async def _probe_client(self, stored: StoredInstance) -> PlatformClient:
-        p = Prepared(
-            stored,
-            invocation_pb2.Invocation(),
-            _no_call(),
-            {},
-            [],
-            seconds_of(stored.instance.timeout) or 10.0,
-            CallContext(),
+        p = Prepared.resume(
+            stored, invocation_pb2.Invocation(), CallContext(), seconds_of(stored.instance.timeout) or 10.0
         )
         try:
             secret, _ = await self._usable_secret(p)
@@ -2105,8 +2103,3 @@ def _differs(a: connector_pb2.ConnectorInstance, b: connector_pb2.ConnectorInsta
     mask.MergeMessage(a, x)
     mask.MergeMessage(b, y)
     return x != y
-
-
-def invocation_json(inv: invocation_pb2.Invocation) -> dict[str, Any]:
-    """An invocation as JSON (for logs and tests)."""
-    return json_format.MessageToDict(inv, preserving_proto_field_name=True)

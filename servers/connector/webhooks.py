@@ -33,7 +33,6 @@ from servers.common.errors import (
 from servers.common.streams import stream_end
 from servers.common.times import seconds_of, timestamp_ms
 from servers.common.validate import Violations
-from servers.connector import credentials as creds
 from servers.connector import guard, templates, validation
 from servers.connector.flags import WEBHOOK_GUARD_FLAG
 from servers.connector.platforms.base import PERMANENT, PlatformFailure, PlatformResult
@@ -43,7 +42,6 @@ from servers.connector.service import (
     AuditEntry,
     ConnectorService,
     Prepared,
-    _no_call,
     _rule,
     check_platform,
 )
@@ -243,7 +241,7 @@ class WebhookIntake:
                 "the webhook could not be recorded; retry it", reason="STORE_UNAVAILABLE"
             ) from None
         self.metrics.callbacks.labels(platform, "verified").inc()
-        invocation_id = await self._run(OutboxItem(item_id, tenant, "callback", payload, 1))
+        invocation_id = await self._run(OutboxItem(item_id, tenant, "callback", payload, 1), stored)
         return svc.ReceiveWebhookResponse(callback_id=verdict.webhook_id, invocation_id=invocation_id or "")
 
     async def _secrets(self, stored: StoredInstance) -> tuple[list[str], list[str]]:
@@ -258,15 +256,9 @@ class WebhookIntake:
         versions = []
         if cred is not None and not cred.destroyed:
             versions.append(cred)
-            if stored.instance.allow_previous_credential and cred.info.previous_version:
-                prev = await self.service.credential_of(stored, cred.info.previous_version)
-                now = self.service.clock_ms()
-                if (
-                    prev is not None
-                    and not prev.destroyed
-                    and self.service.vault.status(prev.info, now) in (creds.ACTIVE, creds.EXPIRING)
-                ):
-                    versions.append(prev)
+            prev = await self.service.usable_previous(stored, cred)
+            if prev is not None:
+                versions.append(prev)
         for c in versions:
             secret = self.service._open(c)
             webhook_secrets.extend(secret.webhook_secrets)
@@ -284,11 +276,15 @@ class WebhookIntake:
             return None
         return await self._run(item)
 
-    async def _run(self, item: OutboxItem) -> str | None:
-        """Processes a claimed outbox item: done, or scheduled for a retry."""
+    async def _run(self, item: OutboxItem, stored: StoredInstance | None = None) -> str | None:
+        """Processes a claimed outbox item: done, or scheduled for a retry.
+
+        `stored` is the instance when the caller has just read it (inline processing of a webhook); the
+        sweeper's retries read it again, since it may have changed meanwhile.
+        """
         record = json.loads(item.payload)
         try:
-            invocation_id = await self._apply(item.tenant_id, record)
+            invocation_id = await self._apply(item.tenant_id, record, stored)
         except Exception as err:  # retried from the outbox: a failure here must not lose the callback
             await self._failed(item.item_id, item.tenant_id, record, item.attempts, err)
             return None
@@ -342,11 +338,12 @@ class WebhookIntake:
                 "callback %s processing failed (attempt %d): %s", record.get("callback_id"), attempts, message
             )
 
-    async def _apply(self, tenant: str, record: dict[str, Any]) -> str:
+    async def _apply(self, tenant: str, record: dict[str, Any], stored: StoredInstance | None = None) -> str:
         """Finishes the invocation a callback names, then stores, publishes and audits the event."""
         body: dict[str, Any] = record["body"]
         platform, instance_id = record["platform"], record["instance_id"]
-        stored = await self.store.instance(platform, instance_id)
+        if stored is None:
+            stored = await self.store.instance(platform, instance_id)
         inv = await self._find_invocation(tenant, platform, instance_id, body)
         sensitive = list(stored.instance.sensitive_fields) if stored else []
         event = callback_pb2.CallbackEvent(
@@ -369,15 +366,7 @@ class WebhookIntake:
             event.invocation_id = inv.invocation_id
             event.trace_id = inv.trace_id
             if inv.state not in TERMINAL_STATES and stored is not None:
-                p = Prepared(
-                    stored,
-                    inv,
-                    _no_call(),
-                    {},
-                    sensitive,
-                    0,
-                    CallContext(tenant_id=tenant, principal="webhook"),
-                )
+                p = Prepared.resume(stored, inv, CallContext(tenant_id=tenant, principal="webhook"))
                 if body.get("execution_id"):
                     inv.platform_run_id = str(body["execution_id"])[:128]
                 if ok:

@@ -927,11 +927,11 @@ async def test_a_failing_callback_is_retried_from_the_outbox_alerts_and_is_proce
     real_apply = intake._apply
     failures = {"left": 2}
 
-    async def flaky(tenant: str, record: dict[str, Any]) -> str:
+    async def flaky(tenant: str, record: dict[str, Any], stored: Any = None) -> str:
         if failures["left"]:
             failures["left"] -= 1
             raise ConnectionError("downstream store unavailable")
-        return await real_apply(tenant, record)
+        return await real_apply(tenant, record, stored)
 
     intake._apply = flaky  # type: ignore[method-assign]
     raw, md = signed(
