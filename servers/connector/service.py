@@ -470,16 +470,7 @@ class ConnectorService:
                 validation.settings_of(inst), platform, v, field="instance", creating=False
             )
             v.raise_if_any("invalid connector instance")
-            inst.config_version = stored.instance.config_version + 1
-            inst.update_time.CopyFrom(timestamp_ms(self.clock_ms()))
-            updated = StoredInstance(inst, stored.credential_version, stored.source, stored.digest)
-            version = self._version(
-                inst, connector_pb2.CONFIG_CHANGE_TYPE_UPDATE, ctx, req.reason, stored.credential_version
-            )
-            version.changed_fields.paths.extend(
-                p for p in validation.UPDATABLE_FIELDS if _differs(stored.instance, inst, p)
-            )
-            await self._save(updated, version, expect=stored.instance.config_version)
+            updated = await self._commit(stored, inst, ctx, req.reason)
         self.audit(
             ctx, tenant, "connector.instance.update", f"{platform}/{req.instance_id}", "OK", fields=paths
         )
@@ -501,20 +492,9 @@ class ConnectorService:
         inst_key = (existing.instance.platform, existing.instance.instance_id)
         async with self._lock(*inst_key):
             inst = validation.apply_update_mask(existing.instance, validation.settings_of(given), ["*"])
-            inst.config_version = existing.instance.config_version + 1
-            inst.update_time.CopyFrom(timestamp_ms(self.clock_ms()))
-            updated = StoredInstance(inst, existing.credential_version, source, digest)
-            version = self._version(
-                inst,
-                connector_pb2.CONFIG_CHANGE_TYPE_UPDATE,
-                ctx,
-                f"{source} changed",
-                existing.credential_version,
+            updated = await self._commit(
+                existing, inst, ctx, f"{source} changed", source=source, digest=digest
             )
-            version.changed_fields.paths.extend(
-                p for p in validation.UPDATABLE_FIELDS if _differs(existing.instance, inst, p)
-            )
-            await self._save(updated, version, expect=existing.instance.config_version)
             if given.HasField("credential_input") and not creds.is_empty(given.credential_input):
                 await self._store_rotation(
                     updated, creds.merge(given.credential_input, None), ctx, f"{source} changed"
@@ -530,21 +510,45 @@ class ConnectorService:
             inst = connector_pb2.ConnectorInstance()
             inst.CopyFrom(existing.instance)
             inst.enabled = False
-            inst.config_version += 1
-            inst.update_time.CopyFrom(timestamp_ms(self.clock_ms()))
-            version = self._version(
-                inst,
-                connector_pb2.CONFIG_CHANGE_TYPE_UPDATE,
-                ctx,
-                "no longer declared",
-                existing.credential_version,
-            )
-            version.changed_fields.paths.append("enabled")
-            updated = StoredInstance(inst, existing.credential_version, existing.source, existing.digest)
-            await self._save(updated, version, expect=existing.instance.config_version)
+            await self._commit(existing, inst, ctx, "no longer declared", changed=["enabled"])
         self.audit(
             ctx, inst.tenant_id, "connector.instance.disable", f"{inst.platform}/{inst.instance_id}", "OK"
         )
+
+    async def _commit(
+        self,
+        stored: StoredInstance,
+        inst: connector_pb2.ConnectorInstance,
+        ctx: CallContext,
+        reason: str,
+        *,
+        change: int = connector_pb2.CONFIG_CHANGE_TYPE_UPDATE,
+        rollback_of: int = 0,
+        changed: list[str] | None = None,
+        deleted: bool = False,
+        source: str | None = None,
+        digest: str | None = None,
+    ) -> StoredInstance:
+        """Stores `inst`, the new settings of `stored`, as the next configuration version.
+
+        `changed` names the changed fields; by default every settable field that differs.
+        """
+        inst.config_version = stored.instance.config_version + 1
+        inst.update_time.CopyFrom(timestamp_ms(self.clock_ms()))
+        updated = StoredInstance(
+            inst,
+            stored.credential_version,
+            stored.source if source is None else source,
+            stored.digest if digest is None else digest,
+            deleted=deleted,
+        )
+        version = self._version(inst, change, ctx, reason, stored.credential_version)
+        version.rollback_of_version = rollback_of
+        if changed is None:
+            changed = [p for p in validation.UPDATABLE_FIELDS if _differs(stored.instance, inst, p)]
+        version.changed_fields.paths.extend(changed)
+        await self._save(updated, version, expect=stored.instance.config_version)
+        return updated
 
     async def _save(
         self,
@@ -602,22 +606,10 @@ class ConnectorService:
         async with self._lock(platform, req.instance_id):
             stored = await self.instance_of(tenant, platform, req.instance_id)
             view = await self.view(stored)
-            expect = stored.instance.config_version
             inst = connector_pb2.ConnectorInstance()
             inst.CopyFrom(stored.instance)
             inst.enabled = False
-            inst.config_version = expect + 1
-            inst.update_time.CopyFrom(timestamp_ms(self.clock_ms()))
-            gone = StoredInstance(inst, stored.credential_version, stored.source, stored.digest, deleted=True)
-            version = self._version(
-                inst,
-                connector_pb2.CONFIG_CHANGE_TYPE_UPDATE,
-                ctx,
-                req.reason or "deleted",
-                stored.credential_version,
-            )
-            version.changed_fields.paths.append("enabled")
-            await self._save(gone, version, expect=expect)
+            await self._commit(stored, inst, ctx, req.reason or "deleted", changed=["enabled"], deleted=True)
             await self.store.destroy_credentials(tenant, platform, req.instance_id)
         cancelled = 0
         for row in await self.store.unfinished_invocations(tenant, platform, req.instance_id):
@@ -781,21 +773,14 @@ class ConnectorService:
                     restored, self._open(old), ctx, req.reason, rollback_of=req.version
                 )
             else:
-                inst.config_version += 1
-                inst.update_time.CopyFrom(timestamp_ms(self.clock_ms()))
-                version = self._version(
+                updated = await self._commit(
+                    stored,
                     inst,
-                    connector_pb2.CONFIG_CHANGE_TYPE_ROLLBACK,
                     ctx,
                     req.reason,
-                    stored.credential_version,
+                    change=connector_pb2.CONFIG_CHANGE_TYPE_ROLLBACK,
+                    rollback_of=req.version,
                 )
-                version.rollback_of_version = req.version
-                version.changed_fields.paths.extend(
-                    p for p in validation.UPDATABLE_FIELDS if _differs(stored.instance, inst, p)
-                )
-                await self._save(restored, version, expect=stored.instance.config_version)
-                updated = restored
         versions = await self.store.versions(tenant, platform, req.instance_id, page_request(1, "", []))
         self.audit(
             ctx,
