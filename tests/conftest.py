@@ -103,6 +103,9 @@ def mesh_settings(tmp_path: Path, database_url: str = "", redis_url: str = "", *
         "watch_poll_interval_s": 0.2,
         "shutdown_grace_s": 0.5,
         "config_root": tmp_path / "root",  # no connector files unless a test writes them
+        # The functional suites test behaviour with the development mode (trusted `x-principal` /
+        # `x-scopes` headers); the auth, tenant-isolation, scale-out and edge auth suites turn it on.
+        "auth_required": False,
         **kw,
     }
     return Settings(

@@ -84,6 +84,15 @@ class Settings:
     connector_webhook_max_bytes: int = 1024 * 1024
     connector_credential_warning_s: float = 7 * 86400.0
     connector_config_poll_s: float = 2.0
+    # Authentication: on by default. Off only for development; then the `x-principal` / `x-scopes`
+    # headers are trusted. A bootstrap key (raw `pxk_…` value, e.g. from a Kubernetes Secret) is
+    # registered at start as an all-tenant admin key when no key with its hash exists.
+    auth_required: bool = True
+    bootstrap_api_key: str = field(default="", repr=False)
+    # OpenTelemetry: share of new traces sampled (a caller's sampled flag is honoured), and the exporter:
+    # `none`, `otlp` (OTEL_EXPORTER_OTLP_ENDPOINT) or `console`.
+    otel_sample_ratio: float = 0.1
+    otel_exporter: str = "none"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -103,7 +112,7 @@ class Settings:
             edge_max_body_bytes=_env_int("POWERX_EDGE_MAX_BODY_BYTES", cls.edge_max_body_bytes),
             shutdown_grace_s=_env_float("POWERX_SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
             watch_poll_interval_s=_env_float("POWERX_WATCH_POLL_INTERVAL_S", cls.watch_poll_interval_s),
-            metrics_address=_env("POWERX_METRICS_ADDRESS", ""),
+            metrics_address=_env("POWERX_METRICS_ADDRESS", "127.0.0.1:9464"),
             router_default_timeout_s=_env_float(
                 "POWERX_ROUTER_DEFAULT_TIMEOUT_S", cls.router_default_timeout_s
             ),
@@ -137,6 +146,10 @@ class Settings:
                 "POWERX_CONNECTOR_CREDENTIAL_WARNING_S", cls.connector_credential_warning_s
             ),
             connector_config_poll_s=_env_float("POWERX_CONNECTOR_CONFIG_POLL_S", cls.connector_config_poll_s),
+            auth_required=_env("POWERX_AUTH_REQUIRED", "1") not in ("0", "false", "off"),
+            bootstrap_api_key=_env("POWERX_BOOTSTRAP_API_KEY", ""),
+            otel_sample_ratio=_env_float("POWERX_OTEL_SAMPLE_RATIO", cls.otel_sample_ratio),
+            otel_exporter=_env("POWERX_OTEL_EXPORTER", cls.otel_exporter).lower(),
         )
 
     @property
