@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass, field
 
 import grpc
@@ -13,9 +14,13 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from powerx.agent.v1 import agent_service_pb2, agent_service_pb2_grpc
+from powerx.audit.v1 import audit_service_pb2, audit_service_pb2_grpc
+from powerx.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from powerx.auth.v1 import auth_service_pb2 as auth_pb2
 from powerx.common.v1 import common_pb2
 from powerx.connector.v1 import connector_service_pb2, connector_service_pb2_grpc
 from powerx.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
@@ -50,10 +55,17 @@ from servers.agent.security import (
 from servers.agent.service import AgentConfig, AgentService
 from servers.agent.servicer import AgentServicer
 from servers.agent.store import AgentStore
+from servers.auth import keys
+from servers.auth.audit import Auditor
+from servers.auth.gate import AgentClaims, Gate
+from servers.auth.keys import KeyCache
+from servers.auth.service import AuditService, AuthService
+from servers.auth.servicer import AuditServicer, AuthServicer
+from servers.auth.store import AuthStore, KeyRow, audit_log_t
 from servers.common.bus import EventBus, make_bus
 from servers.common.context import CallContext
 from servers.common.db import create_engine, migrate
-from servers.common.interceptor import ContextInterceptor
+from servers.common.interceptor import ContextInterceptor, Guard
 from servers.common.settings import Settings, parse_overrides
 from servers.connector import runtime as connector_runtime
 from servers.connector.servicer import ConnectorServicer
@@ -100,6 +112,64 @@ def _agent_service(
     )
 
 
+async def _bootstrap_key(store: AuthStore, settings: Settings) -> None:
+    """Registers POWERX_BOOTSTRAP_API_KEY as an operator key unless its id is known (even if revoked)."""
+    raw = settings.bootstrap_api_key
+    if not raw:
+        return
+    key_id = keys.parse(raw)
+    if key_id is None:
+        raise ValueError("POWERX_BOOTSTRAP_API_KEY must look like pxk_<16 hex digits>_<32-64 characters>")
+    if await store.key(key_id) is not None:
+        return
+    now = int(time.time() * 1000)
+    with contextlib.suppress(IntegrityError):  # another process registered it first
+        await store.insert_key(
+            KeyRow(
+                key_id=key_id,
+                tenant_id=keys.ALL_TENANTS,
+                name="bootstrap",
+                key_hash=keys.key_hash(raw),
+                scopes=("*",),
+                status=keys.ACTIVE,
+                status_reason="",
+                created_by="system:bootstrap",
+                created_ms=now,
+                updated_ms=now,
+                expire_ms=0,
+            )
+        )
+        log.info("bootstrap API key registered", extra={"key_id": key_id})
+
+
+async def _audit_retention(store: AuthStore, days: float, stop: asyncio.Event) -> None:
+    """Deletes audit rows older than the retention period, hourly."""
+    while not stop.is_set():
+        if days > 0:
+            try:
+                removed = await store.prune_audit(int((time.time() - days * 86400) * 1000))
+                if removed:
+                    log.info("audit rows pruned", extra={"rows": removed})
+            except Exception:
+                log.exception("audit retention failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 3600)
+
+
+async def first_key(mesh: Mesh) -> str | None:
+    """With authentication on and no active key anywhere, creates an operator key and returns it (once)."""
+    if not mesh.settings.auth_required or mesh.auth is None:
+        return None
+    if await mesh.auth.store.count_active_keys():
+        return None
+    created = await mesh.auth.create_key(
+        auth_pb2.CreateApiKeyRequest(tenant_id=keys.ALL_TENANTS, name="first key", scopes=["*"]),
+        CallContext(principal="system:powerx-up"),
+        bootstrap=True,
+    )
+    return created.secret
+
+
 def _router_config(settings: Settings) -> RouterConfig:
     config = RouterConfig(default_timeout_s=settings.router_default_timeout_s)
     if settings.route_token_secret:
@@ -113,6 +183,8 @@ SERVICE_NAMES = (
     router_service_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name,
     agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
     connector_service_pb2.DESCRIPTOR.services_by_name["ConnectorService"].full_name,
+    auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+    audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
 
 
@@ -134,6 +206,8 @@ class Mesh:
     a2a_runner: A2ARunner | None = None
     monitor: HealthMonitor | None = None
     audit: AuditLog | None = None
+    audit_log: AuditLog | None = None
+    auth: AuthService | None = None
     connectors: connector_runtime.ConnectorRuntime | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -167,6 +241,8 @@ class Mesh:
                 await self.audit.close()
             if self.connectors is not None:
                 await connector_runtime.close(self.connectors)
+            if self.audit_log is not None:
+                await self.audit_log.close()
             if self.a2a_runner is not None:
                 await self.a2a_runner.close()
             if self.agents is not None:
@@ -199,8 +275,22 @@ async def start_mesh(settings: Settings) -> Mesh:
         default_lease_ttl_s=settings.default_lease_ttl_s,
         watch_poll_interval_s=settings.watch_poll_interval_s,
     )
+    # Authentication and the audit log, shared by every service of the process. Agent tokens are checked
+    # with the agent service's signer, which exists once the agent service is built below.
+    auth_store = AuthStore(engine)
+    key_cache = KeyCache(auth_store)
+    signer_holder: dict[str, TokenSigner] = {}
+
+    def verify_agent_token(token: str) -> AgentClaims | None:
+        claims = signer_holder["signer"].verify(token) if "signer" in signer_holder else None
+        return AgentClaims(claims.tenant_id, claims.agent_id) if claims is not None else None
+
+    audit_log = AuditLog(engine, table=audit_log_t, name="audit")
+    auditor = Auditor(audit_log)
+    gate = Gate(key_cache, verify_agent_token, required=settings.auth_required)
+    await _bootstrap_key(auth_store, settings)
     server = grpc.aio.server(
-        interceptors=[ContextInterceptor()],
+        interceptors=[ContextInterceptor(Guard(gate=gate, auditor=auditor))],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -245,6 +335,7 @@ async def start_mesh(settings: Settings) -> Mesh:
     )
     a2a_runner = A2ARunner()
     agents.external = a2a_runner
+    signer_holder["signer"] = agents.signer
     await agents.start()
     agent_transport = transports[common_pb2.TRANSPORT_AGENT]
     assert isinstance(agent_transport, AgentTransport)
@@ -267,9 +358,15 @@ async def start_mesh(settings: Settings) -> Mesh:
         metrics_registry,
         local_invoke=connector_runtime.router_local_invoke(router),
         edge_url=f"http://{settings.edge_address}",
+        auditor=auditor,
     )
     connector_service_pb2_grpc.add_ConnectorServiceServicer_to_server(
         ConnectorServicer(connectors.service, connectors.webhooks), server
+    )
+    auth_service = AuthService(auth_store, key_cache, bus, auth_required=settings.auth_required)
+    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth_service), server)
+    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
+        AuditServicer(AuditService(auth_store, auth_service)), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -301,10 +398,19 @@ async def start_mesh(settings: Settings) -> Mesh:
         a2a=a2a_server,
         a2a_runner=a2a_runner,
         audit=audit,
+        audit_log=audit_log,
+        auth=auth_service,
         connectors=connectors,
     )
     mesh._engine = engine
     audit.start()
+    audit_log.start()
+    mesh._tasks.append(asyncio.create_task(auth_service.follow(), name="api-key-follow"))
+    mesh._tasks.append(
+        asyncio.create_task(
+            _audit_retention(auth_store, settings.audit_retention_days, mesh._stop), name="audit-retention"
+        )
+    )
     mesh._tasks.append(
         asyncio.create_task(
             lease_sweeper(registry, settings.lease_sweep_interval_s, mesh._stop), name="lease-sweeper"

@@ -93,6 +93,8 @@ class Settings:
     # `none`, `otlp` (OTEL_EXPORTER_OTLP_ENDPOINT) or `console`.
     otel_sample_ratio: float = 0.1
     otel_exporter: str = "none"
+    # Audit rows older than this many days are deleted (0 keeps them forever).
+    audit_retention_days: float = 90.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -150,6 +152,7 @@ class Settings:
             bootstrap_api_key=_env("POWERX_BOOTSTRAP_API_KEY", ""),
             otel_sample_ratio=_env_float("POWERX_OTEL_SAMPLE_RATIO", cls.otel_sample_ratio),
             otel_exporter=_env("POWERX_OTEL_EXPORTER", cls.otel_exporter).lower(),
+            audit_retention_days=_env_float("POWERX_AUDIT_RETENTION_DAYS", cls.audit_retention_days),
         )
 
     @property

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +19,8 @@ from powerx.connector.v1 import degrade_pb2
 from powerx.router.v1 import router_service_pb2 as rt_pb
 from router.audit import AuditLog
 from servers.agent.security import LocalQuotas, QuotaRule, Quotas, RedisQuotas
+from servers.auth.audit import Auditor
+from servers.auth.permissions import Kind
 from servers.common.bus import EventBus
 from servers.common.context import CallContext
 from servers.common.errors import MeshError
@@ -33,26 +34,13 @@ from servers.connector.degrade import DegradeControl
 from servers.connector.flags import FlagSet
 from servers.connector.metrics import ConnectorMetrics
 from servers.connector.service import AuditEntry, ConnectorConfig, ConnectorService, LocalInvoke
-from servers.connector.store import ConnectorStore, audit_t
+from servers.connector.store import ConnectorStore
 from servers.connector.webhooks import DatabaseReplay, RedisReplay, ReplayMemory, WebhookIntake
 
 log = logging.getLogger("powerx.connector")
+# Outcomes of connector events that count as failures in the audit log's stats.
+FAILED_OUTCOMES = frozenset({"FAILED", "TIMED_OUT", "CANCELLED", "REJECTED", "ERROR", "DEAD"})
 CONFIG_ACTOR = "config"
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectorAuditRecord:
-    """A row of `connector_audit`."""
-
-    created_ms: int
-    tenant_id: str
-    actor: str
-    trace_id: str
-    request_id: str
-    action: str
-    scope: str
-    outcome: str
-    summary: str
 
 
 @dataclass
@@ -61,7 +49,7 @@ class ConnectorRuntime:
 
     service: ConnectorService
     webhooks: WebhookIntake
-    audit_log: Any
+    audit_log: AuditLog  # the mesh's one audit log (the mesh starts and closes it)
     watcher: ConfigWatcher | None = None
     flags: FlagSet = field(default_factory=FlagSet)
     config_error: str = ""
@@ -123,29 +111,26 @@ def build(
     *,
     local_invoke: LocalInvoke | None,
     edge_url: str,
+    auditor: Auditor,
 ) -> ConnectorRuntime:
-    """Creates the connector parts (nothing runs until `start`)."""
+    """Creates the connector parts (nothing runs until `start`); events go to the mesh's audit log."""
     store = ConnectorStore(engine)
     metrics = ConnectorMetrics(registry)
     keyring = KeyRing.load(settings.connector_keys, settings.data_dir)
     vault = Vault(keyring, warning_s=settings.connector_credential_warning_s, refresh_margin_s=300.0)
-    audit_log = AuditLog(engine, table=audit_t, name="connector-audit")
 
     def audit(entry: AuditEntry) -> None:
-        audit_log.record(
-            ConnectorAuditRecord(
-                created_ms=int(time.time() * 1000),
-                tenant_id=entry.tenant_id,
-                actor=entry.actor[:255],
-                trace_id=entry.trace_id[:64],
-                request_id=entry.request_id[:128],
-                action=entry.action,
-                scope=entry.scope[:255],
-                outcome=entry.outcome[:64],
-                summary=json.dumps(templates.mask(dict(entry.summary), ()), default=str, sort_keys=True)[
-                    :8000
-                ],
-            )
+        auditor.event(
+            tenant_id=entry.tenant_id,
+            actor=entry.actor,
+            action=entry.action,
+            resource=entry.scope,
+            outcome=entry.outcome,
+            ok=entry.outcome not in FAILED_OUTCOMES if entry.ok is None else entry.ok,
+            summary=templates.mask(dict(entry.summary), ()),
+            trace_id=entry.trace_id,
+            request_id=entry.request_id,
+            kind=Kind.INVOCATION if entry.action.startswith("connector.invoke") else Kind.MUTATION,
         )
 
     async def audit_degrade(state: degrade_pb2.DegradeState, actor: str) -> None:
@@ -199,7 +184,7 @@ def build(
     )
     replay: ReplayMemory = RedisReplay(replay_redis) if replay_redis is not None else DatabaseReplay(service)
     webhooks = WebhookIntake(service, replay)
-    rt = ConnectorRuntime(service, webhooks, audit_log)
+    rt = ConnectorRuntime(service, webhooks, auditor.log)
     rt._redis = replay_redis  # type: ignore[attr-defined]
     holder["rt"] = rt
     return rt
@@ -210,7 +195,6 @@ async def start(rt: ConnectorRuntime, settings: Settings, stop: asyncio.Event) -
 
     A bad file at start is logged and skipped, like a bad reload.
     """
-    rt.audit_log.start()
     try:
         loaded = await asyncio.to_thread(load_config, settings.config_root)
     except ConfigError as err:
@@ -260,7 +244,6 @@ async def start(rt: ConnectorRuntime, settings: Settings, stop: asyncio.Event) -
 async def close(rt: ConnectorRuntime) -> None:
     """Stops background work and flushes the audit log."""
     await rt.service.close()
-    await rt.audit_log.close()
     redis = getattr(rt, "_redis", None)
     if redis is not None:
         await redis.aclose()

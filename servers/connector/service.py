@@ -124,6 +124,7 @@ class AuditEntry:
     scope: str
     outcome: str
     summary: Mapping[str, Any] = field(default_factory=dict)
+    ok: bool | None = None  # None: from the outcome (FAILED, TIMED_OUT, … are failures)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from powerx.connector.v1 import callback_pb2, connector_pb2, degrade_pb2, invocation_pb2
+from servers.auth.store import audit_log_t
 from servers.common.validate import Page
 
 md = sa.MetaData()
@@ -139,21 +140,6 @@ human_tasks_t = sa.Table(
     sa.Column("created_ms", sa.BigInteger),
     sa.Column("updated_ms", sa.BigInteger),
 )
-audit_t = sa.Table(
-    "connector_audit",
-    md,
-    sa.Column("id", _ID, primary_key=True, autoincrement=True),
-    sa.Column("created_ms", sa.BigInteger),
-    sa.Column("tenant_id", sa.String(63)),
-    sa.Column("actor", sa.String(255)),
-    sa.Column("trace_id", sa.String(64)),
-    sa.Column("request_id", sa.String(128)),
-    sa.Column("action", sa.String(64)),
-    sa.Column("scope", sa.String(255)),
-    sa.Column("outcome", sa.String(64)),
-    sa.Column("summary", sa.Text),
-)
-
 TERMINAL_STATES = frozenset(
     {
         invocation_pb2.INVOCATION_STATE_SUCCEEDED,
@@ -901,11 +887,11 @@ class ConnectorStore:
     # ---- audit ---------------------------------------------------------------------------------------
 
     async def audit_rows(self, tenant_id: str, limit: int = 1000) -> list[dict[str, object]]:
-        """A tenant's newest audit records (for tests and operators)."""
+        """A tenant's newest connector events of the audit log (for tests and operators)."""
         q = (
-            sa.select(audit_t)
-            .where(audit_t.c.tenant_id == tenant_id)
-            .order_by(audit_t.c.id.desc())
+            sa.select(audit_log_t)
+            .where(audit_log_t.c.tenant_id == tenant_id, audit_log_t.c.action.like("connector.%"))
+            .order_by(audit_log_t.c.id.desc())
             .limit(limit)
         )
         async with self.engine.connect() as conn:

@@ -113,10 +113,20 @@ class WebhookIntake:
         service.on_human_answer = self._human_answer
 
     def _audit(
-        self, tenant: str, ctx: CallContext, action: str, scope: str, outcome: str, **summary: Any
+        self,
+        tenant: str,
+        ctx: CallContext,
+        action: str,
+        scope: str,
+        outcome: str,
+        *,
+        ok: bool = True,
+        **summary: Any,
     ) -> None:
         self.service._audit(
-            AuditEntry(tenant, "webhook", ctx.trace_id, ctx.request_id, action, scope, outcome, summary)
+            AuditEntry(
+                tenant, "webhook", ctx.trace_id, ctx.request_id, action, scope, outcome, summary, ok=ok
+            )
         )
 
     def _reject(
@@ -136,7 +146,7 @@ class WebhookIntake:
                 callback_pb2.SignatureStatus.Name(signature_status).removeprefix("SIGNATURE_STATUS_").lower()
             )
             self.metrics.signature_failures.labels(platform, name).inc()
-        self._audit(tenant, ctx, "connector.webhook", scope, code)
+        self._audit(tenant, ctx, "connector.webhook", scope, code, ok=False)
 
     # ---- intake ------------------------------------------------------------------------------------
 

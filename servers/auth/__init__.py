@@ -1,0 +1,1 @@
+"""Authentication (API keys, agent tokens), the permission table and the one audit log."""
