@@ -4,10 +4,13 @@ Outputs:
   gen/python/powerx/...           protoc Python stubs (_pb2.py, .pyi, _pb2_grpc.py) for our protos only
   gen/descriptors/powerx.binpb    descriptor set for Envoy's transcoder (imports + google/rpc/error_details)
   gen/betterproto/powerx_mesh_client/...   typed dataclass client (betterproto2) for SDK users
+  gen/openapi/powerx.openapi.yaml   OpenAPI 2.0 (Swagger) document of the REST surface (the google.api.http
+                                  rules of every service, merged), by grpc-gateway's protoc-gen-openapiv2
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -20,6 +23,22 @@ PROTO = ROOT / "proto"
 THIRD_PARTY = ROOT / "third_party" / "googleapis"
 GEN = ROOT / "gen"
 BUF = ROOT / "node_modules" / ".bin" / "buf"
+# grpc-gateway's OpenAPI generator; scripts/setup.sh puts the pinned version next to the interpreter.
+OPENAPIV2 = Path(sys.executable).parent / "protoc-gen-openapiv2"
+OPENAPI_INFO = {
+    "title": "PowerX Integration Mesh REST API",
+    "version": "v1",
+    "description": (
+        "The REST surface of the mesh's gRPC services, served by the Envoy edge's gRPC-JSON transcoder from "
+        "the `google.api.http` rules in proto/ (generated from them by scripts/gen.py; do not edit). "
+        "Field names are the proto names (snake_case), and responses print scalar fields even when they "
+        "hold their default. Errors are `google.rpc.Status` JSON with the HTTP status of their gRPC code. "
+        "Server-streaming methods answer with newline-delimited JSON: one bare response message per line "
+        "(not the `result`/`error` wrapper grpc-gateway describes), the last one carrying `end`. A "
+        "`google.api.HttpBody` request body is the raw HTTP body in any content type, not the JSON object "
+        "its schema shows."
+    ),
+}
 
 
 def _protos() -> list[str]:
@@ -65,6 +84,43 @@ def _betterproto() -> None:
         shutil.copytree(tmp, out)
 
 
+def _openapi() -> None:
+    if not OPENAPIV2.exists():
+        sys.exit(f"protoc-gen-openapiv2 not found at {OPENAPIV2}: run scripts/setup.sh first")
+    out = GEN / "openapi"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    protos = _protos()
+    with tempfile.TemporaryDirectory() as tmp:
+        # A merged document takes its info from the first file, so every file gets the same one.
+        config = Path(tmp) / "openapi_config.yaml"  # JSON is YAML
+        config.write_text(
+            json.dumps(
+                {"openapiOptions": {"file": [{"file": f, "option": {"info": OPENAPI_INFO}} for f in protos]}}
+            )
+        )
+        options = [
+            "allow_merge=true",
+            "merge_file_name=powerx",
+            "output_format=yaml",
+            # Message names are unique only per package (router and provider both have InvokeStreamRequest).
+            "openapi_naming_strategy=fqn",
+            # Envoy prints proto field names (print_options.preserve_proto_field_names).
+            "json_names_for_fields=false",
+            # grpc-gateway fills update_mask from a PATCH body; Envoy does not, so it stays a query parameter.
+            "allow_patch_feature=false",
+            "remove_internal_comments=true",
+            f"openapi_configuration={config}",
+        ]
+        _protoc(
+            f"--plugin=protoc-gen-openapiv2={OPENAPIV2}",
+            f"--openapiv2_out={tmp}",
+            f"--openapiv2_opt={','.join(options)}",
+            *protos,
+        )
+        shutil.copyfile(Path(tmp) / "powerx.swagger.yaml", out / "powerx.openapi.yaml")
+
+
 def main() -> None:
     """Regenerates gen/."""
     if not BUF.exists():
@@ -72,6 +128,7 @@ def main() -> None:
     _python_stubs()
     _descriptor()
     _betterproto()
+    _openapi()
     print(f"regenerated {GEN.relative_to(ROOT)}/ from {len(_protos())} proto files")
 
 

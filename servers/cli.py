@@ -1,6 +1,8 @@
-"""The `powerx` command: `up` (mesh + Envoy edge), `serve` (gRPC only), `migrate`, `degrade`.
+"""The `powerx` command: `up` (mesh + Envoy edge), `serve` (gRPC only), `migrate`, `keys`, `degrade`.
 
-`degrade` is the operator's switch of a platform's connector degradation, set over gRPC on a running mesh.
+`keys` manages API keys directly in the database (the way to the first key of a scaled-out mesh);
+`degrade` is the operator's switch of a platform's connector degradation, set over gRPC on a running mesh
+with an API key (`--api-key` or POWERX_API_KEY).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 import getpass
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -42,7 +45,7 @@ def _split_address(address: str) -> tuple[str, int]:
 
 async def _run(settings: Settings, with_edge: bool) -> int:
     from gateway.envoy import EdgeConfig, EnvoyEdge  # noqa: PLC0415  (imported only when serving)
-    from servers.mesh import start_mesh  # noqa: PLC0415
+    from servers.mesh import first_key, start_mesh  # noqa: PLC0415
 
     mesh = await start_mesh(settings)
     edge: EnvoyEdge | None = None
@@ -87,6 +90,25 @@ async def _run(settings: Settings, with_edge: bool) -> int:
                 f"  A2A          http://{mesh.a2a_address}/a2a/<tenant>/<agent>/.well-known/agent-card.json",
                 flush=True,
             )
+        first = await first_key(mesh)
+        if first is not None:
+            # Shown once, here, like a key made through CreateApiKey; only its hash is stored.
+            print(
+                "  Authentication is on. This is the first API key (an operator key, every scope); it is\n"
+                "  shown only now, so keep it:\n"
+                f"    export POWERX_API_KEY={first}\n"
+                "  Send it as the x-api-key header. Make narrower keys with AuthService.CreateApiKey or\n"
+                "  `powerx keys create --tenant <tenant> --scopes '<scope> …'`.",
+                flush=True,
+            )
+        elif settings.auth_required:
+            print(
+                "  Authentication is on: send an API key in x-api-key "
+                "(`powerx keys create --tenant '*' --scopes '*'` makes one).",
+                flush=True,
+            )
+        else:
+            print("  Authentication is OFF (POWERX_AUTH_REQUIRED=0): development only.", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         await stop.wait()
         print("stopping…", flush=True)
@@ -153,7 +175,9 @@ async def _degrade(args: argparse.Namespace, address: str) -> int:
     from powerx.connector.v1 import connector_service_pb2 as svc  # noqa: PLC0415
     from powerx.connector.v1 import connector_service_pb2_grpc as svc_grpc  # noqa: PLC0415
 
+    api_key = args.api_key or os.environ.get("POWERX_API_KEY", "")
     metadata = (
+        *((("x-api-key", api_key),) if api_key else ()),
         ("x-tenant-id", args.tenant),
         ("x-scopes", MANAGE_SCOPE),
         ("x-principal", args.principal),
@@ -222,7 +246,12 @@ def _add_degrade_parser(sub: Any) -> None:
         "--address", help="the mesh's gRPC address (default: POWERX_GRPC_ADDRESS, else 127.0.0.1:50051)"
     )
     degrade.add_argument(
-        "--principal", default="", help="who makes the change (x-principal; default: the login name)"
+        "--api-key", default="", help="API key with agent.connector.manage (default: POWERX_API_KEY)"
+    )
+    degrade.add_argument(
+        "--principal",
+        default="",
+        help="who makes the change when authentication is off (x-principal; default: the login name)",
     )
 
 
@@ -243,6 +272,75 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
+async def _keys(args: argparse.Namespace, settings: Settings) -> int:
+    from powerx.auth.v1 import auth_service_pb2 as pb  # noqa: PLC0415
+    from servers.auth.keys import KeyCache  # noqa: PLC0415
+    from servers.auth.service import AuthService  # noqa: PLC0415
+    from servers.auth.store import AuthStore  # noqa: PLC0415
+    from servers.common.bus import make_bus  # noqa: PLC0415
+    from servers.common.context import CallContext  # noqa: PLC0415
+    from servers.common.errors import MeshError  # noqa: PLC0415
+
+    engine = create_engine(settings.effective_database_url)
+    bus = make_bus(settings.redis_url)
+    try:
+        await migrate(engine)
+        store = AuthStore(engine)
+        service = AuthService(store, KeyCache(store), bus, auth_required=settings.auth_required)
+        ctx = CallContext(tenant_id=args.tenant or "", principal=f"cli:{_login_name()}")
+        try:
+            if args.keys_command == "create":
+                created = await service.create_key(
+                    pb.CreateApiKeyRequest(
+                        tenant_id=args.tenant, name=args.name, scopes=args.scopes.replace(",", " ").split()
+                    ),
+                    ctx,
+                    bootstrap=True,  # direct database access is the operator's own authority
+                )
+                print(f"key_id {created.api_key.key_id}  tenant {created.api_key.tenant_id}")
+                print(f"api key (shown once): {created.secret}")
+            elif args.keys_command == "list":
+                listed = await service.list_keys(pb.ListApiKeysRequest(page_size=1000), ctx)
+                for k in listed.api_keys:
+                    print(
+                        f"{k.key_id}  {pb.ApiKeyStatus.Name(k.status).removeprefix('API_KEY_STATUS_'):8}"
+                        f"  {k.name}  scopes={' '.join(k.scopes)}"
+                    )
+            else:
+                status = {
+                    "revoke": pb.API_KEY_STATUS_REVOKED,
+                    "disable": pb.API_KEY_STATUS_DISABLED,
+                    "enable": pb.API_KEY_STATUS_ACTIVE,
+                }[args.keys_command]
+                changed = await service.set_status(
+                    pb.SetApiKeyStatusRequest(key_id=args.key_id, status=status, reason=args.reason), ctx
+                )
+                print(f"{changed.api_key.key_id}  {pb.ApiKeyStatus.Name(changed.api_key.status)}")
+        except MeshError as exc:
+            print(f"powerx keys: {exc.message}", file=sys.stderr)
+            return 1
+    finally:
+        await bus.close()
+        await engine.dispose()
+    return 0
+
+
+def _add_keys_parser(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="create, list, disable, enable or revoke API keys (in the database)")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    create = ksub.add_parser("create", help="create a key and print it once")
+    create.add_argument("--tenant", required=True, help="tenant of the key, or '*' for an operator key")
+    create.add_argument("--scopes", required=True, help="space- or comma-separated scopes, e.g. 'agent.*'")
+    create.add_argument("--name", default="cli", help="name of the key")
+    listing = ksub.add_parser("list", help="list a tenant's keys")
+    listing.add_argument("--tenant", required=True)
+    for name in ("revoke", "disable", "enable"):
+        p = ksub.add_parser(name, help=f"{name} a key")
+        p.add_argument("key_id")
+        p.add_argument("--tenant", required=True, help="tenant of the key ('*' for operator keys)")
+        p.add_argument("--reason", default="", help="why (kept with the key)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `powerx` command."""
     parser = argparse.ArgumentParser(prog="powerx", description="PowerX Integration Mesh")
@@ -259,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             "--a2a-address", help="A2A listener address (POWERX_A2A_ADDRESS; `up`: 127.0.0.1:8081)"
         )
     sub.add_parser("migrate", help="apply database migrations and exit")
+    _add_keys_parser(sub)
     _add_degrade_parser(sub)
     args = parser.parse_args(argv)
 
@@ -286,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_level, settings.log_format)
     if args.command == "migrate":
         return asyncio.run(_migrate(settings))
+    if args.command == "keys":
+        return asyncio.run(_keys(args, settings))
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(_run(settings, with_edge=args.command == "up"))
     return 0

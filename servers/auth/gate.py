@@ -35,6 +35,18 @@ class AgentClaims:
     agent_id: str
 
 
+def refused(error: PermissionDenied, identified: CallContext) -> PermissionDenied:
+    """`error`, carrying who the caller proved to be, so the audit log records the real actor and tenant."""
+    error.identified = identified  # type: ignore[attr-defined]
+    return error
+
+
+def identified(error: BaseException) -> CallContext | None:
+    """Who a refused caller proved to be (a valid credential without the permission), if known."""
+    ctx = getattr(error, "identified", None)
+    return ctx if isinstance(ctx, CallContext) else None
+
+
 class Gate:
     """Admits calls by API key or agent token."""
 
@@ -88,22 +100,30 @@ class Gate:
                 messages.get(verdict.reason, "the API key is not valid"), reason=verdict.reason
             )
         key = verdict.key
+        scopes = frozenset(key.scopes)
+        principal = f"apikey:{key.key_id}"
         tenant = ctx.tenant_id
         if key.tenant_id != keys.ALL_TENANTS:
             if tenant and tenant != key.tenant_id:
-                raise PermissionDenied(
-                    "the API key belongs to another tenant than x-tenant-id names",
-                    reason="TENANT_MISMATCH",
+                raise refused(
+                    PermissionDenied(
+                        "the API key belongs to another tenant than x-tenant-id names",
+                        reason="TENANT_MISMATCH",
+                    ),
+                    dataclasses.replace(ctx, tenant_id=key.tenant_id, principal=principal, scopes=scopes),
                 )
             tenant = key.tenant_id
-        scopes = frozenset(key.scopes)
+        admitted = dataclasses.replace(ctx, tenant_id=tenant, principal=principal, scopes=scopes)
         if not rule.public and not granted(scopes, rule.permission):
-            raise PermissionDenied(
-                f"this call requires the permission {rule.permission}",
-                reason="PERMISSION_DENIED",
-                metadata={"permission": rule.permission},
+            raise refused(
+                PermissionDenied(
+                    f"this call requires the permission {rule.permission}",
+                    reason="PERMISSION_DENIED",
+                    metadata={"permission": rule.permission},
+                ),
+                admitted,
             )
-        return dataclasses.replace(ctx, tenant_id=tenant, principal=f"apikey:{key.key_id}", scopes=scopes)
+        return admitted
 
     def _by_agent_token(self, ctx: CallContext) -> CallContext:
         claims = self.verify_agent_token(ctx.bearer)
@@ -111,13 +131,18 @@ class Gate:
             raise Unauthenticated(
                 "the agent token is malformed or was not issued by this mesh", reason="AGENT_TOKEN_INVALID"
             )
-        if ctx.tenant_id and ctx.tenant_id != claims.tenant_id:
-            raise PermissionDenied(
-                "the agent token belongs to another tenant than x-tenant-id names", reason="TENANT_MISMATCH"
-            )
-        return dataclasses.replace(
+        admitted = dataclasses.replace(
             ctx,
             tenant_id=claims.tenant_id,
             principal=f"agent:{claims.tenant_id}/{claims.agent_id}",
             scopes=AGENT_TOKEN_SCOPES,
         )
+        if ctx.tenant_id and ctx.tenant_id != claims.tenant_id:
+            raise refused(
+                PermissionDenied(
+                    "the agent token belongs to another tenant than x-tenant-id names",
+                    reason="TENANT_MISMATCH",
+                ),
+                admitted,
+            )
+        return admitted

@@ -14,7 +14,7 @@ from google.protobuf.message import Message
 from grpc_status import rpc_status
 
 from servers.auth.audit import DENIED, Auditor
-from servers.auth.gate import API_KEY_HEADER, Gate
+from servers.auth.gate import API_KEY_HEADER, Gate, identified
 from servers.auth.permissions import Kind, rule_of
 from servers.common import context
 from servers.common.errors import MeshError, code_of, internal_status, to_status
@@ -66,8 +66,13 @@ class _Call:
         # Direct gRPC callers get the request id back as Envoy's REST callers do.
         await self.grpc_context.send_initial_metadata(((context.REQUEST_ID_HEADER, self.ctx.request_id),))
         if self.guard.gate is not None:
-            self.ctx = await self.guard.gate.admit(self.ctx, self.rule, self.method, self.api_key)
-            self.api_key = ""
+            try:
+                self.ctx = await self.guard.gate.admit(self.ctx, self.rule, self.method, self.api_key)
+            except MeshError as exc:
+                self.ctx = identified(exc) or self.ctx  # the audit row names a proven caller
+                raise
+            finally:
+                self.api_key = ""
             context.bind(self.ctx)  # undone with the interceptor's own token when the call ends
         return self.ctx
 

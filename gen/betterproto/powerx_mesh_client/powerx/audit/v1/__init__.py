@@ -126,7 +126,7 @@ class AuditRecord(betterproto2.Message):
 
     tenant_id: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
     """
-    Tenant (empty when a call was refused before a tenant was known).
+    Tenant of the call. For a call refused by authentication it is the tenant the caller named, unproven.
     """
 
     actor: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
