@@ -43,6 +43,8 @@ GRPC_SERVICES: tuple[str, ...] = (
     "powerx.router.v1.RouterService",
     "powerx.agent.v1.AgentService",
     "powerx.connector.v1.ConnectorService",
+    "powerx.auth.v1.AuthService",
+    "powerx.audit.v1.AuditService",
 )
 """Services the edge transcodes to REST (they must all be in the descriptor set)."""
 

@@ -85,6 +85,8 @@ async def _run(settings: Settings, with_edge: bool) -> int:
                 f"  Envoy admin  http://{settings.envoy_admin_address.rpartition(':')[0]}:{edge.admin_port}",
                 flush=True,
             )
+        if mesh.metrics_address:
+            print(f"  Metrics      http://{mesh.metrics_address}/metrics   (Prometheus)", flush=True)
         if mesh.a2a_address:
             print(
                 f"  A2A          http://{mesh.a2a_address}/a2a/<tenant>/<agent>/.well-known/agent-card.json",

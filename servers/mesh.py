@@ -8,11 +8,13 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.trace import SpanProcessor
 from prometheus_client import CollectorRegistry, start_http_server
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -67,6 +69,8 @@ from servers.common.context import CallContext
 from servers.common.db import create_engine, migrate
 from servers.common.interceptor import ContextInterceptor, Guard
 from servers.common.settings import Settings, parse_overrides
+from servers.common.telemetry import Tracing
+from servers.common.telemetry import setup as setup_tracing
 from servers.connector import runtime as connector_runtime
 from servers.connector.servicer import ConnectorServicer
 from servers.registry.service import RegistryService, lease_sweeper
@@ -209,9 +213,12 @@ class Mesh:
     audit_log: AuditLog | None = None
     auth: AuthService | None = None
     connectors: connector_runtime.ConnectorRuntime | None = None
+    tracing: Tracing | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _engine: object = None
+    _metrics_server: Any = None
+    metrics_address: str = ""  # host:port of the Prometheus admin listener, empty when off
 
     @property
     def address(self) -> str:
@@ -252,6 +259,9 @@ class Mesh:
                     await transport.close()
             await self.bus.close()
         finally:
+            if self._metrics_server is not None:
+                self._metrics_server.shutdown()
+                self._metrics_server.server_close()
             if self._engine is not None:
                 await self._engine.dispose()  # type: ignore[attr-defined]
 
@@ -260,8 +270,11 @@ class Mesh:
         await self.server.wait_for_termination()
 
 
-async def start_mesh(settings: Settings) -> Mesh:
-    """Migrates the database, connects the bus, and starts serving on `settings.grpc_address`."""
+async def start_mesh(settings: Settings, *, span_processor: SpanProcessor | None = None) -> Mesh:
+    """Migrates the database, connects the bus, and starts serving on `settings.grpc_address`.
+
+    `span_processor` receives the mesh's spans in addition to the configured exporter (tests).
+    """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = create_engine(settings.effective_database_url)
     await migrate(engine)
@@ -289,8 +302,13 @@ async def start_mesh(settings: Settings) -> Mesh:
     auditor = Auditor(audit_log)
     gate = Gate(key_cache, verify_agent_token, required=settings.auth_required)
     await _bootstrap_key(auth_store, settings)
+    tracing = setup_tracing(settings, span_processor)
     server = grpc.aio.server(
-        interceptors=[ContextInterceptor(Guard(gate=gate, auditor=auditor))],
+        # Tracing first: its server span is active when the context interceptor builds the call context.
+        interceptors=[
+            *([tracing.interceptor] if tracing is not None else []),
+            ContextInterceptor(Guard(gate=gate, auditor=auditor)),
+        ],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -401,6 +419,7 @@ async def start_mesh(settings: Settings) -> Mesh:
         audit_log=audit_log,
         auth=auth_service,
         connectors=connectors,
+        tracing=tracing,
     )
     mesh._engine = engine
     audit.start()
@@ -441,7 +460,11 @@ async def start_mesh(settings: Settings) -> Mesh:
         mesh._tasks.append(asyncio.create_task(mesh.monitor.run(mesh._stop), name="health-monitor"))
     if settings.metrics_address:
         host, _, mport = settings.metrics_address.rpartition(":")
-        start_http_server(int(mport), addr=host or "127.0.0.1", registry=metrics_registry)
+        metrics_server, _thread = start_http_server(
+            int(mport), addr=host or "127.0.0.1", registry=metrics_registry
+        )
+        mesh._metrics_server = metrics_server
+        mesh.metrics_address = f"{host or '127.0.0.1'}:{metrics_server.server_address[1]}"
     log.info(
         "mesh serving",
         extra={"grpc": mesh.address, "database": engine.dialect.name, "bus": type(bus).__name__},
