@@ -95,6 +95,16 @@ def test_every_hosted_rpc_has_a_permission_rule() -> None:
     ]
 
 
+def test_docs_list_every_rule_as_the_table_has_it() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    listed = {}
+    for line in doc.splitlines():
+        if line.startswith("| `/powerx."):
+            cells = [c.strip().strip("`") for c in line.strip("|").split("|")]
+            listed[cells[0]] = cells[1]
+    assert listed == {m: r.permission for m, r in permissions.PERMISSIONS.items()}
+
+
 @pytest.mark.parametrize(
     ("scopes", "permission", "ok"),
     [
