@@ -4,6 +4,7 @@ Outputs:
   gen/python/powerx/...           protoc Python stubs (_pb2.py, .pyi, _pb2_grpc.py) for our protos only
   gen/descriptors/powerx.binpb    descriptor set for Envoy's transcoder (imports + google/rpc/error_details)
   gen/betterproto/powerx_mesh_client/...   typed dataclass client (betterproto2) for SDK users
+  deploy/envoy, deploy/kubernetes/*configmap*, deploy/observability/grafana dashboards (scripts/gen_deploy.py)
   gen/openapi/powerx.openapi.yaml   OpenAPI 2.0 (Swagger) document of the REST surface (the google.api.http
                                   rules of every service, merged), by grpc-gateway's protoc-gen-openapiv2
 """
@@ -129,6 +130,11 @@ def main() -> None:
     _descriptor()
     _betterproto()
     _openapi()
+    # deploy/: the Envoy configs and ConfigMaps derived from gateway/envoy.py and the descriptor set.
+    import gen_deploy  # noqa: PLC0415 (a sibling script)
+
+    if gen_deploy.main([]) != 0:
+        sys.exit("scripts/gen_deploy.py failed")
     print(f"regenerated {GEN.relative_to(ROOT)}/ from {len(_protos())} proto files")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
@@ -44,9 +45,17 @@ def _alembic_config(connection: Connection) -> Config:
     return cfg
 
 
+# Key of the PostgreSQL advisory lock held while migrating, so replicas starting together on an empty
+# database migrate one after the other instead of racing to create the same tables.
+MIGRATION_LOCK_KEY = 0x706F77657278  # "powerx"
+
+
 async def migrate(engine: AsyncEngine) -> None:
-    """Applies every pending Alembic migration (idempotent; run on every start)."""
+    """Applies every pending Alembic migration (idempotent; run on every start, by every process)."""
     async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Transaction-scoped: released when this transaction ends.
+            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
         await conn.run_sync(lambda sync_conn: command.upgrade(_alembic_config(sync_conn), "head"))
 
 

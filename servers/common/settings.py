@@ -44,8 +44,8 @@ class Settings:
     edge_address: str = "127.0.0.1:8080"
     envoy_admin_address: str = "127.0.0.1:9901"
     data_dir: Path = field(default_factory=lambda: Path(".powerx"))
-    database_url: str = ""
-    redis_url: str = ""
+    database_url: str = field(default="", repr=False)  # may hold a password
+    redis_url: str = field(default="", repr=False)
     log_level: str = "INFO"
     log_format: str = "json"
     default_lease_ttl_s: float = 30.0
@@ -56,7 +56,7 @@ class Settings:
     watch_poll_interval_s: float = 1.0
     metrics_address: str = ""
     router_default_timeout_s: float = 30.0
-    route_token_secret: str = ""
+    route_token_secret: str = field(default="", repr=False)
     health_monitor: bool = True
     # Per transport (grpc, http, mcp, agent): overrides of the probe rule, `interval_s=5,warn_after=3`.
     health_rules: tuple[tuple[str, str], ...] = ()
@@ -66,7 +66,7 @@ class Settings:
     mcp_stdio_commands: tuple[str, ...] = ()
     # Agents: token secret (shared by processes on one database; else kept in the data folder), signed
     # manifests only, quotas as `rate=50,burst=100`, default heartbeat and run timeout, A2A listener.
-    agent_token_secret: str = ""
+    agent_token_secret: str = field(default="", repr=False)
     agent_require_signed: bool = False
     agent_quota: str = "rate=50,burst=100"
     tenant_run_quota: str = "rate=200,burst=400"
