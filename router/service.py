@@ -48,7 +48,7 @@ from servers.common.errors import (
     to_status,
 )
 from servers.common.streams import stream_end
-from servers.common.times import duration_s
+from servers.common.times import duration_s, seconds_of
 from servers.common.validate import Violations
 from servers.registry import validation
 from servers.registry.service import require_tenant
@@ -664,7 +664,7 @@ class RouterService:
             "a capability id such as crm.lead.create",
         )
         v.check(0 <= req.code <= 16, "code", "must be a google.rpc.Code (0-16)")
-        latency_s = req.latency.ToTimedelta().total_seconds()
+        latency_s = seconds_of(req.latency)
         v.check(0 <= latency_s <= 3600, "latency", "must be between 0 and 1 hour")
         v.text(req.route_token, "route_token", max_len=1024)
         v.raise_if_any("invalid outcome report")

@@ -259,6 +259,8 @@ class Mesh:
                     await transport.close()
             await self.bus.close()
         finally:
+            if self.tracing is not None:
+                await self.tracing.shutdown()
             if self._metrics_server is not None:
                 self._metrics_server.shutdown()
                 self._metrics_server.server_close()

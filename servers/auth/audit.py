@@ -79,7 +79,7 @@ def _fields(msg: Message, prefix: str, out: dict[str, Any], depth: int) -> None:
             full = fd.message_type.full_name if fd.message_type is not None else ""
             if full.startswith("google.protobuf.") or full == "google.api.HttpBody" or depth >= 1:
                 if full in ("google.protobuf.Timestamp", "google.protobuf.Duration"):
-                    out[name] = value.ToJsonString()
+                    out[name] = _time_json(value)
                 elif full == "google.api.HttpBody":
                     out[name] = f"<{len(value.data)} bytes>"
                 else:
@@ -96,6 +96,15 @@ def _fields(msg: Message, prefix: str, out: dict[str, Any], depth: int) -> None:
                 out[name] = value
         else:  # floats and doubles: numbers a caller picked, harmless but not identifying
             out[name] = value
+
+
+def _time_json(value: Message) -> str:
+    # A request may carry any seconds/nanos (out of range, signs mismatched); validation rejects them
+    # later, but the summary of the rejected call is still written and must not raise.
+    try:
+        return str(value.ToJsonString())  # type: ignore[attr-defined]
+    except ValueError:
+        return f"<invalid {value.seconds}s {value.nanos}ns>"  # type: ignore[attr-defined]
 
 
 def summary_json(summary: Mapping[str, Any]) -> str:

@@ -105,8 +105,10 @@ class AuthService:
         now = self.clock_ms()
         expire_ms = 0
         if req.HasField("expire_time"):
-            expire_ms = req.expire_time.ToMilliseconds()
-            v.check(expire_ms > now, "expire_time", "must be in the future")
+            known = len(v.items)
+            expire_ms = v.timestamp_ms(req.expire_time, "expire_time")
+            if len(v.items) == known:
+                v.check(expire_ms > now, "expire_time", "must be in the future")
         v.raise_if_any("invalid API key")
         if not bootstrap and self.auth_required:
             operator = await self._operator(ctx)
@@ -240,8 +242,8 @@ class AuditService:
         v.text(req.outcome, "outcome", max_len=64)
         v.text(req.trace_id, "trace_id", max_len=64)
         v.check(req.kind in apb.AuditKind.values(), "kind", "is not a known kind")
-        start = req.start_time.ToMilliseconds() if req.HasField("start_time") else 0
-        end = req.end_time.ToMilliseconds() if req.HasField("end_time") else 0
+        start = v.timestamp_ms(req.start_time, "start_time") if req.HasField("start_time") else 0
+        end = v.timestamp_ms(req.end_time, "end_time") if req.HasField("end_time") else 0
         v.check(not (start and end) or start < end, "end_time", "must be after start_time")
         v.raise_if_any("invalid request")
         f = AuditFilter(
@@ -264,12 +266,14 @@ class AuditService:
     async def stats(self, req: apb.GetAuditStatsRequest, ctx: CallContext) -> apb.GetAuditStatsResponse:
         """Per-tenant figures over a window (default: the last 24 hours)."""
         tenant = await self._scope(ctx)
-        end = req.end_time.ToMilliseconds() if req.HasField("end_time") else self.clock_ms()
-        start = (
-            req.start_time.ToMilliseconds() if req.HasField("start_time") else end - DEFAULT_STATS_WINDOW_MS
-        )
         v = Violations()
-        v.check(start < end, "start_time", "must be before end_time")
+        end = v.timestamp_ms(req.end_time, "end_time") if req.HasField("end_time") else self.clock_ms()
+        start = (
+            v.timestamp_ms(req.start_time, "start_time")
+            if req.HasField("start_time")
+            else end - DEFAULT_STATS_WINDOW_MS
+        )
+        v.check(bool(v.items) or start < end, "start_time", "must be before end_time")
         v.raise_if_any("invalid request")
         rows = await self.store.audit_stats(tenant, start, end)
         tenants: dict[str, apb.TenantStats] = {}

@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from grpc_status import rpc_status
 
 from servers.auth.audit import DENIED, Auditor
 from servers.auth.gate import API_KEY_HEADER, Gate, identified
 from servers.auth.permissions import Kind, rule_of
-from servers.common import context
-from servers.common.errors import MeshError, code_of, internal_status, to_status
+from servers.common import context, telemetry
+from servers.common.errors import InvalidArgument, MeshError, code_of, internal_status, to_status
 
 log = logging.getLogger("powerx.rpc")
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
+STREAM_HEADER_GRACE_S = 0.1
 
 
 def domain_of(method: str) -> str:
@@ -54,6 +56,9 @@ class _Call:
         self.guard = guard
         metadata = servicer_context.invocation_metadata() or ()
         self.ctx = context.from_metadata(metadata, servicer_context.time_remaining())
+        ids = telemetry.active_span_ids()
+        if ids is not None:  # the server span's ids: audit rows, logs and outbound calls name that span
+            self.ctx = replace(self.ctx, trace_id=ids[0], span_id=ids[1])
         self.api_key = _api_key(metadata) if guard.gate is not None else ""
         self.rule = rule_of(method)
         self.started = time.perf_counter()
@@ -61,10 +66,29 @@ class _Call:
         self.outcome = "OK"
         self.reason = ""
         self.request: Message | None = None
+        self.headers_sent = False
+        self._header_task: asyncio.Future[None] | None = None
 
-    async def begin(self) -> context.CallContext:
+    async def send_headers(self) -> None:
         # Direct gRPC callers get the request id back as Envoy's REST callers do.
+        if self.headers_sent:
+            return
+        self.headers_sent = True
         await self.grpc_context.send_initial_metadata(((context.REQUEST_ID_HEADER, self.ctx.request_id),))
+
+    def headers_soon(self) -> None:
+        """Sends the headers from a task of its own (a stream that has nothing to say yet)."""
+
+        async def send() -> None:
+            with contextlib.suppress(Exception):  # the call may have ended meanwhile
+                await self.send_headers()
+
+        if not self.headers_sent:
+            self._header_task = asyncio.ensure_future(send())
+
+    async def begin(self, *, headers: bool = True) -> context.CallContext:
+        if headers:
+            await self.send_headers()
         if self.guard.gate is not None:
             try:
                 self.ctx = await self.guard.gate.admit(self.ctx, self.rule, self.method, self.api_key)
@@ -108,17 +132,59 @@ class _Call:
             return
         if rule is not None and rule.kind is Kind.READ and self.outcome not in DENIED:
             return  # reads are audited only when refused
-        auditor.call(
-            self.ctx,
-            method=self.method,
-            permission=rule.permission if rule is not None else "",
-            kind=rule.kind if rule is not None else Kind.READ,
-            outcome=self.outcome,
-            reason=self.reason,
-            started_ms=self.started_ms,
-            duration_ms=ms,
-            request=self.request,
+        try:
+            auditor.call(
+                self.ctx,
+                method=self.method,
+                permission=rule.permission if rule is not None else "",
+                kind=rule.kind if rule is not None else Kind.READ,
+                outcome=self.outcome,
+                reason=self.reason,
+                started_ms=self.started_ms,
+                duration_ms=ms,
+                request=self.request,
+            )
+        except Exception:  # an audit fault never changes the call's outcome
+            log.exception("audit record failed", extra={"method": self.method})
+
+
+class _Undecodable:
+    """Stands for a request message that did not parse, so that the call fails inside the wrapper."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    # grpc.aio answers a deserializer exception with UNKNOWN and "Unexpected <class ...DecodeError>: ..."
+    # (through Envoy: HTTP 500 with that text), before any interceptor code runs. Parsing here instead
+    # lets the wrapper reject the call like any other invalid input.
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError as exc:
+            return _Undecodable(str(exc))
+
+    return parse
+
+
+def _malformed(request: Any) -> Any:
+    """The request, after raising INVALID_ARGUMENT when it (or a streamed one) did not parse."""
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(
+            "the request is not a valid protobuf message of its type", reason="MALFORMED_REQUEST"
         )
+    if isinstance(request, Message) or not hasattr(request, "__aiter__"):
+        return request
+
+    async def checked() -> AsyncIterator[Any]:
+        async for item in request:
+            yield _malformed(item)
+
+    return checked()
 
 
 def _passthrough(exc: BaseException) -> bool:
@@ -143,7 +209,7 @@ def _wrap_unary(
         token = context.bind(call.ctx)
         try:
             await call.begin()
-            return await inner(request, grpc_context)
+            return await inner(_malformed(request), grpc_context)
         except BaseException as exc:
             if _passthrough(exc) or not isinstance(exc, Exception):
                 _passthrough_outcome(call, exc)
@@ -164,16 +230,24 @@ def _wrap_stream(
         call = _Call(method, grpc_context, guard)
         call.request = request if isinstance(request, Message) else None
         token = context.bind(call.ctx)
+        # Headers go with the first message, or after a short grace when the stream has nothing yet (an
+        # idle watch). Sending them first would turn an error found while starting the stream (invalid
+        # input, not found) into HTTP 200 with the status in the body for REST callers.
+        timer = asyncio.get_running_loop().call_later(STREAM_HEADER_GRACE_S, call.headers_soon)
         try:
-            await call.begin()
-            async for item in inner(request, grpc_context):
+            await call.begin(headers=False)
+            async for item in inner(_malformed(request), grpc_context):
+                timer.cancel()
+                await call.send_headers()
                 yield item
         except BaseException as exc:
+            timer.cancel()
             if _passthrough(exc) or not isinstance(exc, Exception):
                 _passthrough_outcome(call, exc)
                 raise
             await call.fail(exc)
         finally:
+            timer.cancel()
             call.done()
             context.reset(token)
 
@@ -204,7 +278,7 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None or not method.startswith("/powerx."):
             return handler
         kwargs = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": _tolerant(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:

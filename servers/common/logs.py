@@ -13,6 +13,27 @@ from servers.common import context
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
+class ContextFilter(logging.Filter):
+    """Stamps each record with the request id, tenant and trace id of the call being served.
+
+    Runs when the record is handled, in the task that logged it, so the values survive handlers that
+    format later or elsewhere (queues, test capture). Values passed in `extra` are kept.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Adds `request_id`, `tenant` and `trace_id` to records logged during a call; never drops one."""
+        ctx = context.current()
+        if ctx.request_id:
+            for key, value in (
+                ("request_id", ctx.request_id),
+                ("tenant", ctx.tenant_id),
+                ("trace_id", ctx.trace_id),
+            ):
+                if not hasattr(record, key):
+                    setattr(record, key, value)
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the call context of the logging task."""
 
@@ -43,6 +64,7 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     else:
         handler.setFormatter(JsonFormatter())
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

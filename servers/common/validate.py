@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf import timestamp_pb2
+
 from servers.common.errors import InvalidArgument
 
 SEMVER = re.compile(
@@ -18,6 +20,10 @@ SEMVER = re.compile(
     r"(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$"
 )
 LABEL_KEY = re.compile(r"^[a-z0-9]([a-z0-9._/-]{0,61}[a-z0-9])?$")
+
+# The range of google.protobuf.Timestamp: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+MIN_TIMESTAMP_S = -62_135_596_800
+MAX_TIMESTAMP_S = 253_402_300_799
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -45,6 +51,8 @@ class Violations:
             self.add(field, "is required")
         elif len(value) > max_len:
             self.add(field, f"is longer than {max_len} characters")
+        elif "\x00" in value:  # PostgreSQL text cannot hold NUL, and no id or name needs one
+            self.add(field, "must not contain NUL characters")
 
     def pattern(
         self, value: str, field: str, regex: re.Pattern[str], what: str, *, required: bool = True
@@ -68,6 +76,18 @@ class Violations:
                 )
             elif len(value) > 256:
                 self.add(f"{field}[{key}]", "value is longer than 256 characters")
+            elif "\x00" in value:
+                self.add(f"{field}[{key}]", "value must not contain NUL characters")
+
+    def timestamp_ms(self, ts: timestamp_pb2.Timestamp, field: str) -> int:
+        """A Timestamp in Unix milliseconds, or 0 and a violation when it is outside the type's range.
+
+        `Timestamp.ToMilliseconds` raises ValueError on such values, which callers can send.
+        """
+        if MIN_TIMESTAMP_S <= ts.seconds <= MAX_TIMESTAMP_S and 0 <= ts.nanos < 1_000_000_000:
+            return int(ts.ToMilliseconds())
+        self.add(field, "must be a valid timestamp (0001-01-01 to 9999-12-31)")
+        return 0
 
     def raise_if_any(self, message: str = "the request is invalid") -> None:
         """Raises InvalidArgument with every collected violation."""

@@ -1027,6 +1027,8 @@ class ConnectorService:
             timeout_s=effective_timeout,
             callback_url=inst.callback_url or self._callback_url(platform, inst.instance_id),
             account_id=inst.platform_account_id,
+            # The W3C header only when the call's own trace is used (a caller's `trace_id` may be any text).
+            traceparent=ctx.traceparent if ctx.span_id and trace == ctx.trace_id else "",
         )
         self.audit(
             ctx,
@@ -1743,7 +1745,9 @@ class ConnectorService:
         """Changes of the switch, newest first."""
         tenant = self._tenant_for(ctx, req.tenant)
         platform = check_platform(req.platform)
-        since = req.start_time.ToMilliseconds() if req.HasField("start_time") else 0
+        v = Violations()
+        since = v.timestamp_ms(req.start_time, "start_time") if req.HasField("start_time") else 0
+        v.raise_if_any("invalid degrade history request")
         filters = [tenant, platform, since]
         page = page_request(req.page_size, req.page_token, filters)
         rows = await self.store.degrade_history(tenant, platform, page, since)

@@ -33,6 +33,7 @@ from router.transports.base import TransportError
 from router.transports.mcp import McpServerInfo, McpTool, StdioNotAllowed, discover, redacted
 from servers.common.context import CallContext, valid_tenant
 from servers.common.errors import FailedPrecondition, PermissionDenied, Unavailable
+from servers.common.times import seconds_of
 from servers.common.validate import SEMVER, Violations
 from servers.registry import validation
 from servers.registry.service import RegistryService, require_tenant
@@ -71,7 +72,7 @@ def check_import(req: rs.ImportMcpServerRequest) -> None:
         v.add("tenant_scopes", f"has more than {MAX_TENANT_SCOPES} entries")
     for i, scope in enumerate(req.tenant_scopes):
         v.check(scope == "*" or valid_tenant(scope), f"tenant_scopes[{i}]", "must be a tenant id or '*'")
-    validation.lease_seconds(req.lease_ttl.ToTimedelta().total_seconds(), "lease_ttl", v)
+    validation.lease_seconds(seconds_of(req.lease_ttl), "lease_ttl", v)
     v.raise_if_any("invalid MCP server import")
 
 

@@ -29,7 +29,7 @@ from servers.common.bus import EventBus
 from servers.common.context import CallContext, valid_tenant
 from servers.common.errors import FailedPrecondition, InvalidArgument, NotFound, TenantRequired
 from servers.common.streams import stream_end
-from servers.common.times import timestamp_ms
+from servers.common.times import seconds_of, timestamp_ms
 from servers.common.validate import Violations, next_page_token, page_request, semver_key
 from servers.registry import validation
 from servers.registry.store import (
@@ -367,7 +367,7 @@ class RegistryService:
         tenant = require_tenant(ctx)
         validation.check_announce(req)
         pid = req.provider.provider_id
-        ttl_ms = int(req.lease_ttl.ToTimedelta().total_seconds() * 1000) or self.default_lease_ms
+        ttl_ms = int(seconds_of(req.lease_ttl) * 1000) or self.default_lease_ms
         now = self.clock_ms()
         provider_spec = _provider_spec(req.provider)
         cap_specs = {
@@ -552,7 +552,7 @@ class RegistryService:
         tenant = require_tenant(ctx)
         v = Violations()
         v.text(req.provider_id, "provider_id", max_len=255, required=True)
-        validation.lease_seconds(req.lease_ttl.ToTimedelta().total_seconds(), "lease_ttl", v)
+        validation.lease_seconds(seconds_of(req.lease_ttl), "lease_ttl", v)
         v.raise_if_any("invalid lease renewal")
         now = self.clock_ms()
         async with self.store.write() as tx:
@@ -565,7 +565,7 @@ class RegistryService:
                     reason="PROVIDER_WITHDRAWN",
                     metadata={"provider_id": req.provider_id},
                 )
-            ttl_ms = int(req.lease_ttl.ToTimedelta().total_seconds() * 1000) or row.lease_ttl_ms
+            ttl_ms = int(seconds_of(req.lease_ttl) * 1000) or row.lease_ttl_ms
             row.lease_ttl_ms = ttl_ms
             row.lease_expires_ms = now + ttl_ms
             if row.state == EXPIRED:
@@ -864,7 +864,7 @@ class RegistryService:
         v = Violations()
         v.check(req.since_revision >= 0, "since_revision", "must not be negative")
         v.check(req.max_events >= 0, "max_events", "must not be negative")
-        idle_s = req.idle_timeout.ToTimedelta().total_seconds()
+        idle_s = seconds_of(req.idle_timeout)
         v.check(idle_s >= 0, "idle_timeout", "must not be negative")
         v.check(len(req.capability_ids) <= 256, "capability_ids", "has more than 256 entries")
         v.check(len(req.provider_ids) <= 256, "provider_ids", "has more than 256 entries")

@@ -13,6 +13,7 @@ from google.protobuf import json_format
 from powerx.common.v1 import common_pb2
 from powerx.registry.v1 import capability_pb2, endpoint_pb2, registry_service_pb2
 from servers.common.context import valid_tenant
+from servers.common.times import seconds_of
 from servers.common.validate import SEMVER, Violations
 
 PROVIDER_ID = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,126}[a-z0-9])?$")
@@ -208,7 +209,7 @@ def check_announce(req: registry_service_pb2.AnnounceProviderRequest) -> None:
     v.text(p.description, "provider.description", max_len=4000)
     v.text(p.signature, "provider.signature", max_len=8192)
     v.labels(p.labels, "provider.labels")
-    lease_seconds(req.lease_ttl.ToTimedelta().total_seconds(), "lease_ttl", v)
+    lease_seconds(seconds_of(req.lease_ttl), "lease_ttl", v)
     if len(req.capabilities) > MAX_CAPABILITIES:
         v.add("capabilities", f"has more than {MAX_CAPABILITIES} entries")
     if len(req.endpoints) > MAX_ENDPOINTS:

@@ -48,6 +48,7 @@ class PlatformCall:
     timeout_s: float
     callback_url: str = ""
     account_id: str = ""  # Coze space / n8n project; informational
+    traceparent: str = ""  # W3C `traceparent` of the invoking call (its span as parent), or empty
 
 
 @dataclass(frozen=True)

@@ -359,11 +359,17 @@ class _Scope:
     timeout_s: float
     trace_id: str = ""
     idempotency_key: str = ""
+    traceparent: str = ""
     response: httpx.Response | None = None  # the last response received, set by `_keep_response`
 
     @classmethod
     def of(cls, call: PlatformCall, timeout_s: float) -> _Scope:
-        return cls(timeout_s=timeout_s, trace_id=call.trace_id, idempotency_key=call.idempotency_key)
+        return cls(
+            timeout_s=timeout_s,
+            trace_id=call.trace_id,
+            idempotency_key=call.idempotency_key,
+            traceparent=call.traceparent,
+        )
 
 
 _SCOPE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("powerx_coze_call", default=None)
@@ -379,6 +385,8 @@ async def _stamp_request(request: httpx.Request) -> None:
         request.headers[TRACE_HEADER] = scope.trace_id
     if scope.idempotency_key:
         request.headers[IDEMPOTENCY_HEADER] = scope.idempotency_key
+    if scope.traceparent:
+        request.headers["traceparent"] = scope.traceparent
     timeout = httpx.Timeout(scope.timeout_s, connect=min(scope.timeout_s, 10.0))
     request.extensions = {**request.extensions, "timeout": timeout.as_dict()}
 

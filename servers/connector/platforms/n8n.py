@@ -185,6 +185,8 @@ class N8nClient:
         headers = {**self._credentials.secret_headers}
         if call.trace_id:
             headers["X-Trace-Id"] = call.trace_id
+        if call.traceparent:
+            headers["traceparent"] = call.traceparent
         if call.idempotency_key:
             headers["Idempotency-Key"] = call.idempotency_key
         response = await self._request(
