@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from servers.connector.store import audit_t
+from servers.auth.store import audit_log_t
 from tests.e2e.conftest import Edge
 from tests.fakes.coze import FakeCoze
 from tests.fakes.n8n import ON_RECEIVED, FakeN8n
@@ -48,7 +48,8 @@ async def _audit_rows(edge: Edge) -> list[sa.Row[Any]]:
     assert connectors is not None
     await connectors.audit_log.flush()
     async with connectors.service.store.engine.connect() as conn:
-        return list((await conn.execute(sa.select(audit_t).order_by(audit_t.c.id))).all())
+        q = sa.select(audit_log_t).where(audit_log_t.c.action.like("connector.%")).order_by(audit_log_t.c.id)
+        return list((await conn.execute(q)).all())
 
 
 async def _invoke(edge: Edge, platform: str, **body: Any) -> dict[str, Any]:
@@ -125,7 +126,7 @@ async def test_n8n_through_the_edge_callbacks_guard_human_degradation_and_recove
             ("connector.callback", "VERIFIED"),
         } <= actions, actions
         [create_row] = [r for r in rows if r.action == "connector.instance.create"]
-        assert (create_row.tenant_id, create_row.actor, create_row.scope) == ("t1", "alice", "n8n/n8n-main")
+        assert (create_row.tenant_id, create_row.actor, create_row.resource) == ("t1", "alice", "n8n/n8n-main")
         callback_rows = [r for r in rows if r.action == "connector.callback"]
         assert json.loads(callback_rows[0].summary)["invocation_id"] == inv_id
         for r in rows:
