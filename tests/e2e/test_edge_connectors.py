@@ -126,7 +126,8 @@ async def test_n8n_through_the_edge_callbacks_guard_human_degradation_and_recove
             ("connector.callback", "VERIFIED"),
         } <= actions, actions
         [create_row] = [r for r in rows if r.action == "connector.instance.create"]
-        assert (create_row.tenant_id, create_row.actor, create_row.resource) == ("t1", "alice", "n8n/n8n-main")
+        created = (create_row.tenant_id, create_row.actor, create_row.resource)
+        assert created == ("t1", "alice", "n8n/n8n-main")
         callback_rows = [r for r in rows if r.action == "connector.callback"]
         assert json.loads(callback_rows[0].summary)["invocation_id"] == inv_id
         for r in rows:
