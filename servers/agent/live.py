@@ -122,6 +122,10 @@ class LiveRun:
         self._wake = asyncio.Event()
         self.subscribers = 0
         self.lock = asyncio.Lock()
+        # Appends numbered but not stored yet, by append key, with their numbered events and the write's
+        # future: the same batch sent again meanwhile (an agent resends what was not acknowledged, after
+        # a reconnect say) joins that write instead of being numbered and stored a second time.
+        self.staged: dict[str, tuple[list[run_pb2.RunEvent], asyncio.Future[None]]] = {}
 
     @property
     def run(self) -> run_pb2.Run:
@@ -183,14 +187,18 @@ class OutputWriter:
         """Starts the writer task."""
         self._task = asyncio.create_task(self._run(), name="agent-output-writer")
 
-    async def write(self, run_id: str, events: Sequence[run_pb2.RunEvent], key: str = "") -> None:
-        """Stores events (and the append key); returns once they are durable."""
+    def submit(self, run_id: str, events: Sequence[run_pb2.RunEvent], key: str = "") -> asyncio.Future[None]:
+        """Queues events (and the append key) for storing; the future is done once they are durable."""
         if self._closed:
             raise RuntimeError("the output writer is closed")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(run_id, events, key, events[-1].sequence if events else 0, future))
         self._wake.set()
-        await asyncio.shield(future)
+        return future
+
+    async def write(self, run_id: str, events: Sequence[run_pb2.RunEvent], key: str = "") -> None:
+        """Stores events (and the append key); returns once they are durable."""
+        await asyncio.shield(self.submit(run_id, events, key))
 
     async def _run(self) -> None:
         while True:

@@ -1149,9 +1149,9 @@ class AgentService:
         run.task.CopyFrom(task)
         run.task.actor_id = task.actor_id or ctx.principal
         run.task.trace_id = task.trace_id or ctx.trace_id
+        # The run outlives the call that creates it (CreateRun, AssignTask answer at once), so the call's
+        # gRPC deadline does not bound it: its deadline is the task's timeout, as run.proto documents.
         timeout = seconds_of(task.timeout) or self.config.default_run_timeout_s
-        if ctx.deadline is not None:
-            timeout = min(timeout, max(0.001, ctx.deadline - time.monotonic()))
         run.create_time.CopyFrom(timestamp_ms(now))
         run.update_time.CopyFrom(timestamp_ms(now))
         run.deadline_time.CopyFrom(timestamp_ms(now + int(timeout * 1000)))
@@ -1389,6 +1389,10 @@ class AgentService:
     ) -> int | Awaitable[None]:
         run = live_run.run
         if key:
+            staged = live_run.staged.get(key)
+            if staged is not None:  # the same append again while its first copy is being stored
+                events[:] = staged[0]
+                return asyncio.shield(staged[1])
             stored = await self.store.appended(run.run_id, key)
             if stored is not None:
                 return stored
@@ -1416,7 +1420,12 @@ class AgentService:
                 if item.HasField("token") or item.HasField("log"):
                     await self._emit(ET.AGENT_EVENT_TYPE_RUN_OUTPUT, holder, run_event=item)
         events[:] = numbered
-        return self.writer.write(run.run_id, numbered, key)
+        future = self.writer.submit(run.run_id, numbered, key)
+        if key:
+            # Until it is stored (then `store.appended` knows the key) or fails (then it may be sent again).
+            live_run.staged[key] = (numbered, future)
+            future.add_done_callback(lambda _: live_run.staged.pop(key, None))
+        return asyncio.shield(future)
 
     async def complete_run(self, req: svc.CompleteRunRequest, ctx: CallContext) -> svc.CompleteRunResponse:
         """Finishes a running run of the calling agent with its result or error."""

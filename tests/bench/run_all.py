@@ -30,6 +30,7 @@ from tests.bench import (
     bench_invoke_overhead,
     bench_resolve_direct,
     bench_route_decision,
+    bench_scale_out,
     bench_stream,
     bench_webhooks,
 )
@@ -48,6 +49,8 @@ OWN_PROCESSES = {
     bench_agent_stream.NAME: bench_agent_stream,
     bench_webhooks.NAME: bench_webhooks,
     bench_connector_invoke.NAME: bench_connector_invoke,
+    # Two `powerx serve` processes on PostgreSQL + Redis behind Envoy (skipped without the servers).
+    bench_scale_out.NAME: bench_scale_out,
 }
 ALL = [*IN_PROCESS, *WITH_CLUSTER, *OWN_PROCESSES]
 
@@ -213,6 +216,17 @@ def _summary(results: dict[str, Any]) -> None:
                     "-",
                 )
             )
+    if r := results.get("scale_out"):
+        rows.append(
+            (
+                "scale_out TWO/ONE mesh processes calls/s",
+                f"{r['ratio']:.2f}x (best {r['ratio_best']:.2f}x; {fmt(r['two_rate'])} vs "
+                f"{fmt(r['one_rate'])}); mesh CPU {r['two_mesh_cores']:.2f} vs "
+                f"{r['one_mesh_cores']:.2f} cores, all processes {r['two_total_cores']:.2f} cores",
+                ">= 1.7x",
+                _verdict(r["ratio"] >= 1.7),
+            )
+        )
     for name, value, target, verdict in rows:
         print(f"  {name:<54} {value:<62} target {target:<9} {verdict}")
     print(f"  (load average at the end: {loadavg()})")
