@@ -1042,7 +1042,8 @@ async def live_watches(ch: grpc.aio.Channel, w: World) -> tuple[list[str], Count
     The watches filter live events in memory (the bus carries every tenant's), so this is checked apart
     from the replayed history. A watches too, as the control that the events were sent.
     """
-    idle = dur(3)
+    # Long enough that a loaded CI machine still delivers A's events before the streams go idle.
+    idle = dur(8)
     watches = [
         Case(REG + "WatchRegistry", rs.WatchRegistryRequest(since_revision=0, idle_timeout=idle), ok=CLEAN),
         Case(
@@ -1050,9 +1051,9 @@ async def live_watches(ch: grpc.aio.Channel, w: World) -> tuple[list[str], Count
         ),
         Case(CON + "WatchCallbacks", csvc.WatchCallbacksRequest(platform="n8n", idle_timeout=idle), ok=CLEAN),
     ]
-    b_tasks = [asyncio.create_task(call(ch, c, key_md(w.b_key), deadline_s=10)) for c in watches]
-    a_tasks = [asyncio.create_task(call(ch, c, key_md(w.a_key), deadline_s=10)) for c in watches]
-    await asyncio.sleep(0.4)  # subscribed
+    b_tasks = [asyncio.create_task(call(ch, c, key_md(w.b_key), deadline_s=30)) for c in watches]
+    a_tasks = [asyncio.create_task(call(ch, c, key_md(w.a_key), deadline_s=30)) for c in watches]
+    await asyncio.sleep(1.0)  # subscribed
     amd, token = key_md(w.a_key), bearer_md(w.agent_token)
     live_cap = f"{MARK}.lead.live"
     announce = announce_request(
