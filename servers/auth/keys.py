@@ -84,7 +84,8 @@ class KeyCache:
         """Drops a key (its status changed)."""
         self._rows.pop(key_id, None)
 
-    async def _row(self, key_id: str) -> KeyRow | None:
+    async def row(self, key_id: str) -> KeyRow | None:
+        """A key's stored row by id (cached; None when unknown)."""
         now = self.clock()
         hit = self._rows.get(key_id)
         if hit is not None and now - hit[0] < self.ttl_s:
@@ -114,7 +115,7 @@ class KeyCache:
         key_id = parse(raw)
         if key_id is None:
             return Verdict(None, "API_KEY_INVALID")
-        row = await self._row(key_id)
+        row = await self.row(key_id)
         # Compared even when the row is missing, so timing does not tell known ids from unknown ones.
         stored = row.key_hash if row is not None else "0" * 64
         if not hmac.compare_digest(stored, key_hash(raw)) or row is None:

@@ -22,6 +22,7 @@ from powerx.auth.v1 import auth_service_pb2
 from powerx.connector.v1 import connector_service_pb2
 from powerx.registry.v1 import registry_service_pb2
 from powerx.router.v1 import router_service_pb2
+from router.policy import scope_allowed
 
 
 class Kind(Enum):
@@ -171,11 +172,8 @@ def rule_of(method: str) -> Rule | None:
 
 
 def granted(scopes: frozenset[str], permission: str) -> bool:
-    """Whether `scopes` grant `permission`: exactly, by `*`, or by a `prefix.*` wildcard."""
-    if permission in scopes or "*" in scopes or permission in IMPLICIT:
-        return True
-    parts = permission.split(".")
-    return any(".".join(parts[:i]) + ".*" in scopes for i in range(1, len(parts)))
+    """Whether `scopes` grant `permission`: exactly, by `*`, by a `prefix.*` wildcard, or implicitly."""
+    return permission in IMPLICIT or scope_allowed(permission, scopes)
 
 
 def covers(held: frozenset[str], wanted: str) -> bool:

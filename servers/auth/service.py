@@ -68,10 +68,10 @@ class AuthService:
         self.clock_ms = clock_ms
 
     async def caller_key(self, ctx: CallContext) -> KeyRow | None:
-        """The API key the call was made with, if any."""
+        """The API key the call was made with, if any (from the cache its authentication just filled)."""
         if not ctx.principal.startswith("apikey:"):
             return None
-        return await self.store.key(ctx.principal.removeprefix("apikey:"))
+        return await self.cache.row(ctx.principal.removeprefix("apikey:"))
 
     async def _operator(self, ctx: CallContext) -> bool:
         key = await self.caller_key(ctx)
@@ -206,13 +206,11 @@ class AuthService:
             auth_required=self.auth_required,
         )
 
-    async def follow(self, stop: Callable[[], bool] | None = None) -> None:
-        """Forgets keys whose status another process changed (runs for the life of the process)."""
+    async def follow(self) -> None:
+        """Forgets keys whose status another process changed (runs until cancelled)."""
         async with self.bus.subscribe(keys.BUS_TOPIC) as sub:
             async for payload in sub:
                 self.cache.forget(payload.decode(errors="replace"))
-                if stop is not None and stop():
-                    return
 
 
 class AuditService:

@@ -8,7 +8,6 @@ explicitly (`tenant_id=None`).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import sqlalchemy as sa
@@ -264,8 +263,3 @@ class AuthStore:
         async with self.engine.begin() as conn:
             result = await conn.execute(sa.delete(audit_log_t).where(audit_log_t.c.created_ms < before_ms))
         return int(result.rowcount or 0)
-
-
-def page_after(rows: Sequence[object], size: int) -> bool:
-    """Whether a `limit(size + 1)` query found more than a page."""
-    return len(rows) > size

@@ -26,6 +26,7 @@ from google.protobuf import field_mask_pb2, struct_pb2
 from powerx.common.v1 import common_pb2
 from powerx.connector.v1 import connector_pb2, degrade_pb2, invocation_pb2
 from powerx.connector.v1 import connector_service_pb2 as svc
+from router.policy import scope_allowed
 from servers.agent.security import LocalQuotas, QuotaRule, Quotas
 from servers.common.bus import EventBus
 from servers.common.context import CallContext
@@ -141,17 +142,9 @@ class ConnectorConfig:
     poll_interval_s: float = _POLL_START_S
 
 
-def has_permission(scopes: frozenset[str], permission: str) -> bool:
-    """Whether a scope grants a permission: exactly, by `*`, or by a `prefix.*` wildcard."""
-    if permission in scopes or "*" in scopes:
-        return True
-    parts = permission.split(".")
-    return any(".".join(parts[:i]) + ".*" in scopes for i in range(1, len(parts)))
-
-
 def require_manage(ctx: CallContext) -> None:
     """PermissionDenied unless the caller holds `agent.connector.manage`."""
-    if not has_permission(ctx.scopes, MANAGE):
+    if not scope_allowed(MANAGE, ctx.scopes):
         raise PermissionDenied(
             f"this call requires the permission {MANAGE}",
             reason="PERMISSION_REQUIRED",

@@ -32,9 +32,9 @@ from powerx.agent.v1 import agent_pb2, run_pb2
 from powerx.agent.v1 import agent_service_pb2 as asvc
 from powerx.agent.v1 import agent_service_pb2_grpc as asvc_grpc
 from powerx.common.v1 import common_pb2
-from powerx.connector.v1 import connector_pb2, invocation_pb2
 from powerx.connector.v1 import connector_service_pb2 as csvc
 from powerx.connector.v1 import connector_service_pb2_grpc as csvc_grpc
+from powerx.connector.v1 import invocation_pb2
 from powerx.registry.v1 import registry_service_pb2 as rs
 from powerx.registry.v1 import registry_service_pb2_grpc as rs_grpc
 from servers.common.db import create_engine
@@ -43,6 +43,7 @@ from servers.connector.store import callbacks_t
 from tests.conftest import REDIS_URL, _pg_schema, _skip_or_fail, announce_request
 from tests.fakes.n8n import FakeN8n
 from tests.integration.helpers import error_info
+from tests.integration.test_connectors import HOOK_TOKEN, n8n_instance
 from tests.processes import Deployment, Shared, call_metadata, rest_headers, wait_until
 
 pytestmark = [
@@ -59,7 +60,6 @@ LIVE_STATES = {
     agent_pb2.AGENT_STATE_BUSY,
     agent_pb2.AGENT_STATE_DEGRADED,  # live, with a high load (the test machine's CPU) or errors
 }
-HOOK_TOKEN = "tenant-a-token"  # what the fake n8n demands in X-Mesh-Token
 WATCH_BOUND_S = 3.0
 # Envoy: health check every 0.5 s, 2 failures to eject, 1 s probe timeout.
 HC_INTERVAL_S = 0.5
@@ -156,20 +156,6 @@ def manifest(
     agent.runtime.heartbeat_interval.FromSeconds(heartbeat_s)
     agent.runtime.max_concurrency = 1
     return agent
-
-
-def n8n_instance(n8n: FakeN8n) -> connector_pb2.ConnectorInstance:
-    inst = connector_pb2.ConnectorInstance(
-        display_name="scale-out n8n",
-        base_url=n8n.base_url,
-        workflow_ids={"echo": "mesh-invoke"},
-        default_platform_user_id="n8n-user",
-        enabled=True,
-    )
-    inst.credential_input.api_key.token = "n8n_api_key"
-    inst.credential_input.secret_headers["X-Mesh-Token"] = HOOK_TOKEN
-    inst.credential_input.webhook_secrets.append(n8n.callback_secret)
-    return inst
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
