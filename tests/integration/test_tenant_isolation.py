@@ -89,6 +89,7 @@ from servers.connector import guard
 from servers.mesh import Mesh, start_mesh
 from tests.conftest import announce_request, mesh_settings
 from tests.fakes.n8n import FakeN8n
+from tests.integration.helpers import CORE_WRITE_RACE
 
 OPERATOR_KEY = "pxk_0123456789abcdef_" + "o" * 43
 OPERATOR = "apikey:0123456789abcdef"
@@ -842,12 +843,6 @@ def _reason(err: grpc.aio.AioRpcError) -> str:
             detail.Unpack(info)
             return info.reason
     return ""
-
-
-# grpc.aio reports INTERNAL "Internal error from Core" instead of the server's status when the server
-# ends a client-streaming call before the client's write of the request lands (grpc/grpc#36066); the
-# refused Connect is simply tried again.
-CORE_WRITE_RACE = "Internal error from Core"
 
 
 async def _bidi_once(
