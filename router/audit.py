@@ -75,6 +75,7 @@ class AuditLog:
         self._queue: list[Any] = []
         self._max_queue = max_queue
         self._wake = asyncio.Event()
+        self._writing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
 
@@ -92,18 +93,20 @@ class AuditLog:
         self._task = asyncio.create_task(self._run(), name=self.name)
 
     async def flush(self) -> None:
-        """Writes every queued record now."""
-        batch, self._queue = self._queue, []
-        if not batch:
-            return
-        try:
-            async with self.engine.begin() as conn:
-                await conn.execute(
-                    sa.insert(self.table), [{f.name: getattr(r, f.name) for f in fields(r)} for r in batch]
-                )
-        except Exception:
-            log.exception("could not write %d audit records", len(batch))
-            self._queue[:0] = batch[: self._max_queue - len(self._queue)]
+        """Writes every queued record now; returns once they, and any write already under way, are stored."""
+        async with self._writing:  # a flush never returns while the writer task still holds a batch
+            batch, self._queue = self._queue, []
+            if not batch:
+                return
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.execute(
+                        sa.insert(self.table),
+                        [{f.name: getattr(r, f.name) for f in fields(r)} for r in batch],
+                    )
+            except Exception:
+                log.exception("could not write %d audit records", len(batch))
+                self._queue[:0] = batch[: self._max_queue - len(self._queue)]
 
     async def _run(self) -> None:
         while True:
