@@ -85,6 +85,16 @@ class HealthTracker:
     successes: int = 0
     last_ok: float | None = None
     detail: str = ""
+    # The state this monitor last recorded, and when: the route snapshot may not show it yet, and a
+    # verdict judged against the older state would be refused by the registry's compare-and-set.
+    recorded: int | None = None
+    recorded_at: float = 0.0
+
+    def current(self, snapshot_state: int, now: float, lag_s: float) -> int:
+        """The endpoint's state to judge against: our own recent write until the snapshot shows it."""
+        if self.recorded is not None and (snapshot_state == self.recorded or now - self.recorded_at > lag_s):
+            self.recorded = None
+        return snapshot_state if self.recorded is None else self.recorded
 
     def observe(self, result: ProbeResult, current: int, now: float) -> int:
         """Adds a probe result; returns the state the endpoint should be in (maybe `current`)."""
@@ -122,6 +132,9 @@ class HealthMonitor:
     set_health: Callable[[str, int, str, CallContext, int], Awaitable[bool]]
     rules: dict[int, ProbeRule] = field(default_factory=default_rules)
     tick_s: float = 0.5
+    # How long our own recorded verdict stands in for the snapshot's older state (the snapshot follows
+    # the registry within a poll interval; past this, the snapshot is believed again).
+    snapshot_lag_s: float = 5.0
     max_concurrent: int = 32
     clock: Callable[[], float] = time.monotonic
     _trackers: dict[str, HealthTracker] = field(default_factory=dict)
@@ -185,13 +198,15 @@ class HealthMonitor:
         tracker = self._trackers.get(endpoint_id)
         if tracker is None:
             tracker = self._trackers[endpoint_id] = HealthTracker(self.rules[transport], now)
-        verdict = tracker.observe(result, msg.health, now)
-        if verdict == msg.health:
+        current = tracker.current(msg.health, now, self.snapshot_lag_s)
+        verdict = tracker.observe(result, current, now)
+        if verdict == current:
             return
         reason = tracker.detail if verdict != HEALTHY else "probe succeeded"
         ctx = CallContext(principal="system:health-monitor", request_id=f"health-{endpoint_id}")
         try:
-            await self.set_health(endpoint_id, verdict, reason, ctx, msg.health)
+            changed = await self.set_health(endpoint_id, verdict, reason, ctx, current)
+            tracker.recorded, tracker.recorded_at = (verdict, now) if changed else (None, 0.0)
         except Exception:
             log.warning(
                 "could not record a health verdict", exc_info=True, extra={"endpoint_id": endpoint_id}
